@@ -1,0 +1,74 @@
+"""Typed errors. Every initscope error derives from :class:`InitscopeError`.
+
+Messages name the argument or layer, the value, the valid choices and the fix.
+Where a built-in exception type fits, the error subclasses it as well, so
+``except ValueError`` keeps working for callers who do not know initscope.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "InitscopeError",
+    "UnknownActivationError",
+    "ActivationError",
+    "UnknownOptionError",
+    "ShapeError",
+    "LayerError",
+    "ModelError",
+    "ForwardError",
+    "LossError",
+]
+
+
+class InitscopeError(Exception):
+    """Base class of every error raised by initscope."""
+
+
+class UnknownActivationError(InitscopeError, ValueError):
+    """An activation given by a name that initscope does not know."""
+
+
+class ActivationError(InitscopeError, ValueError):
+    """A callable activation that cannot be integrated (NaN, shape change, no derivative)."""
+
+
+class UnknownOptionError(InitscopeError, ValueError):
+    """A mode, distribution, scheme or other option string that does not exist."""
+
+
+class ShapeError(InitscopeError, ValueError):
+    """A tensor whose shape does not suit the requested operation."""
+
+
+class LayerError(InitscopeError, TypeError):
+    """A layer that an operation cannot handle."""
+
+
+class ModelError(InitscopeError, ValueError):
+    """A model that an operation cannot handle as a whole (no parameters, no eligible layers)."""
+
+
+class ForwardError(InitscopeError, RuntimeError):
+    """The model raised during a forward or backward pass run by initscope.
+
+    Attributes:
+        layer: qualified name of the module that was running when it failed, or None.
+        completed: qualified names of the modules that finished before the failure.
+    """
+
+    def __init__(self, message: str, layer: str | None = None, completed: Iterable[str] = ()):
+        super().__init__(message)
+        self.layer = layer
+        self.completed = list(completed)
+
+
+class LossError(InitscopeError, ValueError):
+    """A loss function or target that cannot be used (non-scalar loss, target without loss_fn)."""
+
+
+def choices_message(what: str, value: object, known: Iterable[str], fix: str = "") -> str:
+    """Format the standard 'unknown X' message: the value, the valid choices, the fix."""
+    listed = ", ".join(repr(k) for k in known)
+    text = f"unknown {what} {value!r}; known: {listed}"
+    return f"{text}; {fix}" if fix else text
