@@ -13,6 +13,7 @@ __all__ = [
     "UnknownActivationError",
     "ActivationError",
     "UnknownOptionError",
+    "ArgumentError",
     "ShapeError",
     "LayerError",
     "ModelError",
@@ -35,6 +36,10 @@ class ActivationError(InitscopeError, ValueError):
 
 class UnknownOptionError(InitscopeError, ValueError):
     """A mode, distribution, scheme or other option string that does not exist."""
+
+
+class ArgumentError(InitscopeError, ValueError):
+    """A numeric argument outside its valid range (a negative variance, a zero width, ...)."""
 
 
 class ShapeError(InitscopeError, ValueError):
