@@ -2,11 +2,18 @@
 
 Only torch and numpy load at import time; report, plotting and CLI libraries load
 inside the functions that use them.
+
+Examples:
+    >>> import initscope
+    >>> round(initscope.gain("relu") ** 2, 12)
+    2.0
 """
 from __future__ import annotations
 
+from initscope import init, zoo
 from initscope.errors import (
     ActivationError,
+    ArgumentError,
     ForwardError,
     InitscopeError,
     LayerError,
@@ -16,18 +23,19 @@ from initscope.errors import (
     UnknownActivationError,
     UnknownOptionError,
 )
+from initscope.fans import Fan, FanBlock, fan, tensor_fans
+from initscope.layer import BlockInit, LayerInit, init_layer_
+from initscope.moments import Moments, gain, moments
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
-    "InitscopeError",
-    "UnknownActivationError",
-    "ActivationError",
-    "UnknownOptionError",
-    "ShapeError",
-    "LayerError",
-    "ModelError",
-    "ForwardError",
-    "LossError",
+    # math core
+    "moments", "Moments", "gain", "fan", "Fan", "FanBlock", "tensor_fans",
+    # initializers
+    "init", "init_layer_", "LayerInit", "BlockInit", "zoo",
+    # errors
+    "InitscopeError", "UnknownActivationError", "ActivationError", "UnknownOptionError", "ArgumentError",
+    "ShapeError", "LayerError", "ModelError", "ForwardError", "LossError",
 ]

@@ -76,13 +76,14 @@ class Moments:
 
     @property
     def forward_gain(self) -> float:
-        """1 / sqrt(E[phi^2]): the fan_in gain of a layer fed by this activation."""
-        return 1.0 / math.sqrt(self.second)
+        """sqrt(q / E[phi^2]), which is 1/sqrt(E[phi(z)^2]) at q = 1: the fan_in gain of a
+        layer fed by this activation, the one that maps E[phi^2] back to q."""
+        return math.sqrt((self.q or 1.0) / self.second) if self.second > 0 else math.inf
 
     @property
     def backward_gain(self) -> float:
         """1 / sqrt(E[phi'^2]): the fan_out gain of a layer that feeds this activation."""
-        return 1.0 / math.sqrt(self.deriv_second)
+        return 1.0 / math.sqrt(self.deriv_second) if self.deriv_second > 0 else math.inf
 
 
 def moments(
