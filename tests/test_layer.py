@@ -88,3 +88,30 @@ def test_bad_input():
         init_layer_(nn.Linear(2, 2), distribution="gaussian")
     with pytest.raises(LayerError, match="needs a convolution; got Linear.*'orthogonal'"):
         init_layer_(nn.Linear(2, 2), "delta_orthogonal")
+
+
+class Scaled(nn.Module):
+    """A layer with a 1-D parameter no rule knows."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 3))
+        self.scale = nn.Parameter(torch.full((4,), 3.0))
+
+    def forward(self, x):
+        return (x @ self.weight.T) * self.scale
+
+
+def test_unknown_one_dimensional_parameter_is_left_and_listed():
+    layer = Scaled()
+    rec = init_layer_(layer, generator=gen())
+    assert torch.equal(layer.scale, torch.full((4,), 3.0))
+    scale = [b for b in rec.blocks if b.param == "scale"][0]
+    assert scale.distribution == "unchanged" and "left as it was" in scale.note
+    assert [b for b in rec.blocks if b.param == "weight"][0].fan_in == 3  # torch's fallback fan
+
+
+def test_prelu_slope_is_not_a_norm_scale():
+    act = nn.PReLU(init=0.25)
+    rec = init_layer_(act)
+    assert torch.equal(act.weight, torch.full((1,), 0.25)) and rec.blocks[0].distribution == "unchanged"

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from initscope.errors import LayerError, UnknownOptionError, choices_message
+from initscope.errors import LayerError, ShapeError, UnknownOptionError, choices_message
 from initscope.fans import Fan, fan
 from initscope.init import (
     DISTRIBUTIONS, MODES, Convention, Distribution, Mode, _fill, delta_orthogonal_, gains, scaled_std,
@@ -67,14 +67,25 @@ class LayerInit:
     def __repr__(self) -> str:
         lines = [f"LayerInit({self.layer_type}, scheme={self.scheme!r})"]
         for b in self.blocks:
-            what = b.distribution if b.std == 0 and b.distribution in ("zeros", "ones") else \
+            what = b.distribution if b.distribution in ("zeros", "ones", "unchanged") else \
                 f"{b.distribution} std={b.std:.4g} gain={b.gain:.4g} fan_in={b.fan_in:g} fan_out={b.fan_out:g}"
             lines.append(f"  {b.param}[{b.block}] {what}")
         return "\n".join(lines)
 
 
-def _constant(param: str, shape: tuple[int, ...], value: float, note: str) -> BlockInit:
-    name = "zeros" if value == 0 else "ones"
+def _is_norm_scale(module: nn.Module, name: str) -> bool:
+    """Normalization scales act elementwise (fans.py says so in its note); a PReLU slope does
+    too but is an activation parameter, left as it is."""
+    if isinstance(module, nn.PReLU):
+        return False
+    try:
+        return fan(module, name).note.startswith("elementwise")
+    except ShapeError:
+        return False
+
+
+def _constant(param: str, shape: tuple[int, ...], value: float | None, note: str) -> BlockInit:
+    name = {0.0: "zeros", 1.0: "ones", None: "unchanged"}[value]
     return BlockInit(param, param, (0, shape[0] if shape else 1), 1.0, 1.0, "-", 0.0, 0.0, None, name, note)
 
 
@@ -150,15 +161,17 @@ def init_layer_(
     g = gains(nonlinearity, mode, param=param, convention=convention)
     blocks: list[BlockInit] = []
     for name, p in module.named_parameters(recurse=False):
-        f = fan(module, name)
         if p.dim() >= 2:
-            blocks += _write_blocks(p, f, scheme, mode, distribution, g, generator)
-        elif "bias" in name.split("_") and bias == "zeros":
-            with torch.no_grad():
-                p.zero_()
-            blocks.append(_constant(name, tuple(p.shape), 0.0, "bias set to 0"))
-        elif f.note.startswith("elementwise") and name == "weight":
+            blocks += _write_blocks(p, fan(module, name), scheme, mode, distribution, g, generator)
+        elif "bias" in name.split("_"):
+            if bias == "zeros":
+                with torch.no_grad():
+                    p.zero_()
+            blocks.append(_constant(name, tuple(p.shape), 0.0 if bias == "zeros" else None, f"bias: {bias}"))
+        elif name == "weight" and _is_norm_scale(module, name):
             with torch.no_grad():
                 p.fill_(1.0)
             blocks.append(_constant(name, tuple(p.shape), 1.0, "normalization scale set to 1"))
+        else:
+            blocks.append(_constant(name, tuple(p.shape), None, "no rule for this parameter: left as it was"))
     return LayerInit(type(module).__name__, scheme, tuple(blocks))
