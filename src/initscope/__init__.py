@@ -13,6 +13,7 @@ from __future__ import annotations
 from initscope import init, zoo
 from initscope.errors import (
     ActivationError,
+    DiscoveryWarning,
     ArgumentError,
     ForwardError,
     InitscopeError,
@@ -24,6 +25,9 @@ from initscope.errors import (
     UnknownOptionError,
 )
 from initscope.fans import Fan, FanBlock, fan, tensor_fans
+from initscope.graph import Graph, discover
+from initscope.initialize import initialize, plan
+from initscope.initplan import InitPlan, PlanRow, Untouched
 from initscope.layer import BlockInit, LayerInit, init_layer_
 from initscope.moments import Moments, gain, moments
 
@@ -35,7 +39,9 @@ __all__ = [
     "moments", "Moments", "gain", "fan", "Fan", "FanBlock", "tensor_fans",
     # initializers
     "init", "init_layer_", "LayerInit", "BlockInit", "zoo",
+    # whole model
+    "initialize", "plan", "InitPlan", "PlanRow", "Untouched", "discover", "Graph",
     # errors
     "InitscopeError", "UnknownActivationError", "ActivationError", "UnknownOptionError", "ArgumentError",
-    "ShapeError", "LayerError", "ModelError", "ForwardError", "LossError",
+    "ShapeError", "LayerError", "ModelError", "ForwardError", "LossError", "DiscoveryWarning",
 ]

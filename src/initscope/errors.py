@@ -19,6 +19,7 @@ __all__ = [
     "ModelError",
     "ForwardError",
     "LossError",
+    "DiscoveryWarning",
 ]
 
 
@@ -70,6 +71,10 @@ class ForwardError(InitscopeError, RuntimeError):
 
 class LossError(InitscopeError, ValueError):
     """A loss function or target that cannot be used (non-scalar loss, target without loss_fn)."""
+
+
+class DiscoveryWarning(UserWarning):
+    """Activations were not observed in a run (no ``example_input``): they are assumed."""
 
 
 def choices_message(what: str, value: object, known: Iterable[str], fix: str = "") -> str:

@@ -11,6 +11,7 @@ Examples:
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 import torch
@@ -147,26 +148,47 @@ def lstm(input_size: int = 16, hidden_size: int = 32, num_layers: int = 2, out_f
     return LSTMRegressor(input_size, hidden_size, num_layers, out_features)
 
 
-def _mlp_input(kw: dict, batch: int) -> torch.Size:
+def _mlp_input(kw: dict, batch: int, size: int | None) -> torch.Size:
     return torch.Size([batch, kw.get("in_features") or kw.get("width", 100)])
 
 
-MODELS: dict[str, tuple[Callable[..., nn.Module], Callable[[dict, int], torch.Size]]] = {
+def _image(kw: dict, batch: int, size: int | None) -> torch.Size:
+    return torch.Size([batch, kw.get("in_channels", 3), size or 32, size or 32])
+
+
+MODELS: dict[str, tuple[Callable[..., nn.Module], Callable[[dict, int, int | None], torch.Size]]] = {
     "mlp": (mlp, _mlp_input),
-    "plain_cnn": (plain_cnn, lambda kw, b: torch.Size([b, kw.get("in_channels", 3), 32, 32])),
-    "resnet": (resnet, lambda kw, b: torch.Size([b, kw.get("in_channels", 3), 32, 32])),
-    "transformer": (transformer, lambda kw, b: torch.Size([b, 16, kw.get("d_model", 64)])),
-    "lstm": (lstm, lambda kw, b: torch.Size([b, 12, kw.get("input_size", 16)])),
+    "plain_cnn": (plain_cnn, _image),
+    "resnet": (resnet, _image),
+    "transformer": (transformer, lambda kw, b, size: torch.Size([b, size or 16, kw.get("d_model", 64)])),
+    "lstm": (lstm, lambda kw, b, size: torch.Size([b, size or 12, kw.get("input_size", 16)])),
 }
 
 
-def build(name: str, *, batch: int = 4, seed: int = 0, **kwargs) -> tuple[nn.Module, torch.Tensor]:
-    """A zoo model and an N(0, 1) example input for it, both from ``seed``."""
+def build(name: str, *, batch: int = 4, seed: int = 0, size: int | None = None,
+          **kwargs) -> tuple[nn.Module, torch.Tensor]:
+    """A zoo model and an N(0, 1) example input for it, both from ``seed`` (independent streams).
+
+    Args:
+        name: mlp, plain_cnn, resnet, transformer or lstm.
+        batch: the input's batch size.
+        seed: seeds the model's default init and the input.
+        size: image side (32) for the CNNs, sequence length (16, 12) for the transformer
+            and the LSTM; the mlp ignores it.
+        **kwargs: the factory's arguments.
+
+    Raises:
+        UnknownOptionError: an unknown name. ArgumentError: bad factory arguments.
+    """
     if name not in MODELS:
         raise UnknownOptionError(choices_message("zoo model", name, MODELS, "see initscope.zoo"))
+    _positive(batch=batch, **({"size": size} if size is not None else {}))
     factory, shape = MODELS[name]
-    gen = torch.Generator().manual_seed(seed)
+    # A stream of its own: seeding the input's generator with ``seed`` itself would replay the
+    # global stream the weights were drawn from, and correlate the input with the first layer.
+    stream = hashlib.blake2b(f"input {seed}".encode(), digest_size=7).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(stream, "little"))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = factory(**kwargs)
-    return model, torch.randn(shape(kwargs, batch), generator=gen)
+    return model, torch.randn(shape(kwargs, batch, size), generator=gen)

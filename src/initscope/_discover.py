@@ -1,0 +1,270 @@
+"""Drivers that feed a forward pass to a graph tracker (see :mod:`initscope.graph`).
+
+- :func:`run`: one real forward under per-module hooks and a ``TorchFunctionMode``.
+  Atomic modules (layers, norms, activations) are single steps; the function mode
+  sees every other call, so functional activations in a custom forward count.
+- :func:`fallback`: a ``torch.fx`` symbolic trace, or the module registration order.
+
+Hooks and the mode are resources: registered in a ``with`` block, removed in
+``finally``. The model's ``training`` flags, buffers and the global RNG come back as
+they were.
+"""
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterator
+
+import torch
+import torch.fx
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from initscope._ops import Step, classify_function, classify_module, leaves
+from initscope.errors import ForwardError
+
+__all__ = ["run", "fallback", "preserved"]
+
+
+class _TensorStore:
+    """Tags keyed by tensor identity; a weak reference guards against a reused ``id``."""
+
+    def __init__(self) -> None:
+        self._tags: dict[int, tuple[weakref.ref, object]] = {}
+
+    def get(self, value: object) -> object:
+        entry = self._tags.get(id(value))
+        return entry[1] if entry is not None and entry[0]() is value else None
+
+    def set(self, value: torch.Tensor, tag: object) -> None:
+        self._tags[id(value)] = (weakref.ref(value), tag)
+
+
+class _DictStore(dict):
+    def set(self, value: object, tag: object) -> None:
+        self[value] = tag
+
+
+def _tensors(obj: object) -> list[torch.Tensor]:
+    return [v for v in leaves(obj) if isinstance(v, torch.Tensor)]
+
+
+@contextlib.contextmanager
+def preserved(model: nn.Module) -> Iterator[None]:
+    """Restore every ``training`` flag, every buffer (in place) and the global RNG on exit."""
+    flags = [(m, m.training) for m in model.modules()]
+    buffers = [(m, n, b, b.detach().clone()) for m in model.modules() for n, b in m.named_buffers(recurse=False)]
+    devices = sorted({t.device.index or 0 for t in [*model.parameters(), *model.buffers()] if t.is_cuda})
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            for m, flag in flags:
+                m.training = flag
+            with torch.no_grad():
+                for m, n, b, saved in buffers:
+                    if getattr(m, n) is not b:
+                        setattr(m, n, b)
+                    b.copy_(saved)
+
+
+class _Mode(TorchFunctionMode):
+    def __init__(self, session: _Session):
+        super().__init__()
+        self.session = session
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        s = self.session
+        if not s.quiet and (outputs := _tensors(out)):
+            step = classify_function(func, args, kwargs, lambda v: isinstance(v, torch.Tensor))
+            s.tracker.function(step, s.stack[-1][0] if s.stack else "", _tensors((args, kwargs)), outputs)
+        return out
+
+
+class _Session:
+    """Module stack, atomic depth and completed modules of one discovery run."""
+
+    def __init__(self, model: nn.Module, tracker):
+        self.tracker, self.stack, self.completed, self.quiet = tracker, [], [], 0
+        self.steps = {m: (n, classify_module(m)) for n, m in model.named_modules()}
+
+    def pre(self, module, args, kwargs):
+        name, step = self.steps[module]
+        self.stack.append((name, step))
+        self.quiet += step is not None
+
+    def post(self, module, args, kwargs, output):
+        name, step = self.stack.pop()
+        self.completed.append(name)
+        if step is None:
+            return
+        self.quiet -= 1
+        if not self.quiet:
+            inputs, outputs = _tensors((args, kwargs)), _tensors(output)
+            self.tracker.module(name, _leaf(step, inputs, outputs), inputs, outputs)
+
+
+def _leaf(step: Step, inputs: list, outputs: list) -> Step:
+    """A custom parameter-free leaf is an activation if it keeps its one input's shape."""
+    if step.kind != "leaf":
+        return step
+    same = len(inputs) == len(outputs) == 1 and inputs[0].shape == outputs[0].shape
+    return Step("activation" if same else "pass", step.label, step.spec)
+
+
+@contextlib.contextmanager
+def _hooks(model: nn.Module, session: _Session) -> Iterator[None]:
+    handles = []
+    try:
+        for m in session.steps:
+            handles.append(m.register_forward_pre_hook(session.pre, with_kwargs=True))
+            handles.append(m.register_forward_hook(session.post, with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _call(model: nn.Module, x: object) -> object:
+    if isinstance(x, dict):
+        return model(**x)
+    return model(*x) if isinstance(x, (tuple, list)) else model(x)
+
+
+#: inputs at least this large are first run on the meta device (see :func:`run`)
+META_MIN_ELEMENTS = 1 << 16
+
+
+def run(model: nn.Module, example_input: object, tracker_type) -> object:
+    """Run ``model`` once on ``example_input`` and return the filled tracker.
+
+    For an input of at least META_MIN_ELEMENTS elements the run goes first on the
+    ``meta`` device (parameters, buffers and input swapped for meta tensors with
+    ``torch.func.functional_call``): the same module calls in the same order, but no
+    arithmetic, so its cost is the Python overhead of the ops, whatever the batch or
+    resolution (a 20-layer CNN at batch 64: 15 ms on meta against 230 ms for a real
+    forward). Meta kernels of some ops are Python decompositions, so for small inputs a
+    real run is cheaper (a 100M transformer at 1 x 8 tokens: 105 ms on meta, 79 ms real).
+    A forward that cannot run on meta (``.item()``, data-dependent control flow, tensors
+    made on a fixed device) is run for real, and the real run reports any error.
+    """
+    if sum(t.numel() for t in _tensors(example_input)) >= META_MIN_ELEMENTS:
+        try:
+            return _run(model, *_on_meta(model, example_input), tracker_type)
+        except Exception:  # noqa: BLE001  any failure on meta: the real run decides, and reports
+            pass
+    return _run(model, None, example_input, tracker_type)
+
+
+def _on_meta(model: nn.Module, example_input: object) -> tuple[dict, object]:
+    state = {n: torch.empty_like(t, device="meta") for n, t in
+             [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]}
+    return state, _meta_tree(example_input)
+
+
+def _meta_tree(obj: object) -> object:
+    """The same tuples, lists and dicts with every tensor replaced by a meta tensor of its shape."""
+    if isinstance(obj, torch.Tensor):
+        return torch.empty_like(obj, device="meta")
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_meta_tree(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _meta_tree(v) for k, v in obj.items()}
+    return obj
+
+
+def _run(model: nn.Module, state: dict | None, example_input: object, tracker_type) -> object:
+    tracker = tracker_type(_TensorStore(), ("observed", "traced"))
+    session = _Session(model, tracker)
+    tracker.input(_tensors(example_input))
+    with preserved(model), torch.no_grad(), _hooks(model, session):
+        try:
+            with _Mode(session):
+                out = _call(model, example_input) if state is None else _functional(model, state, example_input)
+        except Exception as exc:
+            raise _forward_error(model, session, exc) from exc
+    tracker.output(_tensors(out))
+    return tracker
+
+
+def _functional(model: nn.Module, state: dict, x: object) -> object:
+    if isinstance(x, dict):
+        return torch.func.functional_call(model, state, (), x, tie_weights=True)
+    args = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    return torch.func.functional_call(model, state, args, tie_weights=True)
+
+
+def _forward_error(model: nn.Module, session: _Session, exc: Exception) -> ForwardError:
+    layer = session.stack[-1][0] if session.stack and session.stack[-1][0] else None
+    kind = type(model.get_submodule(layer)).__name__ if layer else type(model).__name__
+    done = [n for n in session.completed if n]
+    where = f"`{layer}` ({kind})" if layer else f"the top-level forward of {kind}"
+    tail = ", ".join(done[-5:]) or "none"
+    return ForwardError(
+        f"example_input failed in {where}: {type(exc).__name__}: {exc}; layers completed before it: "
+        f"{tail}{' (last 5 of %d)' % len(done) if len(done) > 5 else ''}; fix: pass an input the model "
+        "accepts (a tuple is unpacked as positional arguments, a dict as keyword arguments)",
+        layer=layer, completed=done)
+
+
+# --- without example_input ---------------------------------------------------------------
+class _Tracer(torch.fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if classify_module(m) is not None:
+            return True
+        return super().is_leaf_module(m, qualname) and not any(True for _ in m.children())
+
+
+def _fx(model: nn.Module, tracker) -> None:
+    graph = _Tracer().trace(model)
+    is_node = lambda v: isinstance(v, torch.fx.Node)  # noqa: E731
+    for node in graph.nodes:
+        values = [v for v in leaves((node.args, node.kwargs)) if is_node(v)]
+        if node.op == "placeholder":
+            tracker.input([node])
+        elif node.op == "output":
+            tracker.output(values)
+        elif node.op == "call_module":
+            module = model.get_submodule(node.target)
+            step = classify_module(module) or _torch_leaf(module)
+            step = Step("activation", step.label, step.spec) if step.kind == "leaf" else step
+            tracker.module(node.target, step, values, [node])
+        elif node.op in ("call_function", "call_method"):
+            stack = node.meta.get("nn_module_stack") or {}
+            where = next(reversed(stack), "") if stack else ""
+            tracker.function(classify_function(node.target, node.args, node.kwargs, is_node), where, values, [node])
+
+
+def _torch_leaf(module: nn.Module) -> Step:
+    """A torch.nn leaf without a step of its own: softmax-like ones are ops, the rest pass."""
+    name = type(module).__name__
+    return Step("op" if "Softm" in name or name in ("GLU",) else "pass", name)
+
+
+def _order(model: nn.Module, tracker) -> None:
+    previous, atomic = object(), ()
+    tracker.input([previous])
+    for name, module in model.named_modules():
+        step = classify_module(module)
+        if step is None or any(name.startswith(a + ".") for a in atomic):
+            continue
+        atomic += (name,)
+        out = object()
+        step = Step("activation", step.label, step.spec) if step.kind == "leaf" else step
+        tracker.module(name, step, [previous], [out])
+        previous = out
+    tracker.output([previous])
+
+
+def fallback(model: nn.Module, tracker_type) -> tuple[object, str]:
+    """fx when the model traces, else registration order: (tracker, "fx" or "order")."""
+    tracker = tracker_type(_DictStore(), ("assumed", "assumed"))
+    try:
+        _fx(model, tracker)
+        return tracker, "fx"
+    except Exception:  # fx cannot trace data-dependent control flow and more; fall back
+        tracker = tracker_type(_DictStore(), ("assumed", "assumed"))
+        _order(model, tracker)
+        return tracker, "order"

@@ -1,0 +1,256 @@
+"""Graph discovery: for each weight layer, what produced its input and what consumes its
+output, and which additions are residual branches ``x + f(x)``.
+
+:func:`discover` runs the model once on ``example_input`` under module hooks and a
+torch function mode, so it sees module calls and also the functional calls of a custom
+forward (``F.relu``, ``torch.tanh``, ``x.relu()``, in-place variants, ``+``). Every
+value carries a *tag*: what made it, which weight layers still look for their consumer,
+and every step upstream of it. The rules:
+
+- **producer** of a layer: the activation, normalization, raw input, weight layer or
+  unknown op that made its input. Shape-only ops, dropout, pooling, ``mean`` and scaling
+  by a number pass the tag through; additions and ``cat`` merge tags, so an input can
+  have several producers.
+- **consumer** of a layer: the activation its output flows into, passing through
+  shape ops, normalizations and additions; else the next weight layer, an unknown op
+  or the model output (all linear for the gain: 1).
+- **residual branch**: an addition ``a + b`` where every step upstream of ``a`` is also
+  upstream of ``b`` and ``b`` has weight layers of its own (``b`` is the branch ``f``), or
+  a projection shortcut: ``a`` has one weight layer of its own and ``b`` at least two.
+  Parallel branches of equal depth are not residual. The branch's last weight layer and
+  the normalization after it (if any) are recorded.
+
+Without ``example_input`` it reads a ``torch.fx`` symbolic trace, else the module
+registration order (no residual detection there); both are marked "assumed" and give
+one :class:`DiscoveryWarning`. Nothing about the model changes: see :func:`discover`.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from initscope import _discover
+from initscope._ops import Step
+from initscope.errors import DiscoveryWarning
+
+__all__ = ["Node", "LayerLinks", "Branch", "Graph", "DiscoveryWarning", "discover"]
+
+
+@dataclass(frozen=True)
+class Node:
+    """One step of the forward pass. ``kind``: input, layer, activation, norm, op, output, constant.
+
+    ``where`` is the module's qualified name, or for a function call the module whose forward
+    made it; ``how`` is observed (module hook), traced (function mode) or assumed (fx/order).
+    """
+
+    id: int
+    kind: str
+    label: str
+    where: str
+    how: str
+    functional: bool = False
+    spec: object = field(default=None, compare=False, repr=False)
+    param: float | None = None
+
+    def describe(self) -> str:
+        """A short text for the plan, e.g. ``gelu [traced in blocks.0]``."""
+        if self.kind in ("input", "output", "constant"):
+            return {"input": "raw input", "output": "model output", "constant": "untracked tensor"}[self.kind]
+        place = f"in {self.where or 'forward'}" if self.functional else self.where
+        return f"{self.label} [{self.how} {place}]"
+
+
+@dataclass(frozen=True)
+class LayerLinks:
+    """A weight layer, how often it ran, its producers and its consumers (in call order)."""
+
+    name: str
+    layer_type: str
+    calls: int
+    producers: tuple[Node, ...]
+    consumers: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class Branch:
+    """A residual branch ``f`` of ``x + f(x)``: its weight layers and where it ends."""
+
+    where: str
+    last_layer: str
+    last_norm: str | None
+    layers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Graph:
+    """What :func:`discover` found. ``method``: run, fx or order."""
+
+    method: str
+    layers: dict[str, LayerLinks]
+    norms: tuple[str, ...]
+    branches: tuple[Branch, ...]
+    final: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Tag:
+    producers: frozenset = frozenset()
+    pending: frozenset = frozenset()     # layer node ids still looking for a consumer
+    anc: frozenset = frozenset()         # every node upstream
+    last: frozenset = frozenset()        # last weight layer(s) on the way here
+    norms: frozenset = frozenset()       # module norms after `last`
+
+
+def _merge(tags: list[_Tag]) -> _Tag | None:
+    if len(tags) <= 1:
+        return tags[0] if tags else None
+    return _Tag(*(frozenset().union(*(getattr(t, f) for t in tags)) for f in _Tag.__dataclass_fields__))
+
+
+class Tracker:
+    """Propagates tags through a forward pass, one call at a time (see the module doc).
+
+    ``store`` maps values to tags (``get``/``set``); ``how`` is (for modules, for functions).
+    """
+
+    def __init__(self, store, how: tuple[str, str]):
+        self.store, self.how = store, how
+        self.nodes: list[Node] = []
+        self._links: dict[str, list] = {}          # name -> [type, calls, producer ids, consumer ids]
+        self._layer_of: dict[int, str] = {}
+        self._norm_of: dict[int, str] = {}
+        self._branches: dict[str, Branch] = {}
+        self._final: list[str] = []
+        self._constant: Node | None = None
+
+    def _node(self, kind: str, label: str, where: str, functional: bool = False, step: Step | None = None) -> Node:
+        how = self.how[1] if functional else self.how[0]
+        node = Node(len(self.nodes), kind, label, where, how, functional,
+                    step.spec if step else None, step.param if step else None)
+        self.nodes.append(node)
+        return node
+
+    def _tag(self, values) -> _Tag | None:
+        return _merge([t for t in map(self.store.get, values) if t is not None])
+
+    def _set(self, values, tag: _Tag | None) -> None:
+        if tag is not None:
+            for v in values:
+                self.store.set(v, tag)
+
+    def _consume(self, tag: _Tag | None, node: Node) -> None:
+        for p in tag.pending if tag else ():
+            self._links[self._layer_of[p]][3].add(node.id)
+
+    def input(self, values) -> None:
+        """Mark the model's inputs as raw data."""
+        for v in values:
+            n = self._node("input", "input", "").id
+            self.store.set(v, _Tag(frozenset({n}), anc=frozenset({n})))
+
+    def module(self, name: str, step: Step, inputs, outputs) -> None:
+        """An atomic module ran: a layer, a normalization, an activation or a pass-through leaf."""
+        tag = self._tag(inputs)
+        if step.kind == "layer":
+            return self._layer(name, step.label, tag, outputs)
+        self.function(step, name, inputs, outputs, functional=False)
+
+    def _layer(self, name: str, layer_type: str, tag: _Tag | None, outputs) -> None:
+        node = self._node("layer", layer_type, name)
+        entry = self._links.setdefault(name, [layer_type, 0, set(), set()])
+        entry[1] += 1
+        if tag is None or not tag.producers:
+            self._constant = self._constant or self._node("constant", "constant", "")
+        entry[2].update(tag.producers if tag and tag.producers else {self._constant.id})
+        self._consume(tag, node)
+        self._layer_of[node.id] = name
+        me = frozenset({node.id})
+        self._set(outputs, _Tag(me, me, (tag.anc if tag else frozenset()) | me, me))
+
+    def function(self, step: Step, where: str, inputs, outputs, functional: bool = True) -> None:
+        """A classified step (see :func:`initscope._ops.classify_function`) ran in ``where``."""
+        tag = self._tag(inputs)
+        if tag is None:  # made from constants only (torch.arange, a parameter): stays untracked
+            return None
+        if step.kind in ("pass", "merge"):
+            return self._set(outputs, tag)
+        if step.kind == "add":
+            self._residual([t for t in map(self.store.get, inputs) if t is not None], where)
+            return self._set(outputs, tag)
+        node = self._node(step.kind, step.label, where, functional, step)
+        anc = tag.anc | {node.id}
+        if step.kind == "norm":
+            if not functional:
+                self._norm_of[node.id] = where
+            norms = frozenset({node.id}) if not functional else tag.norms
+            return self._set(outputs, _Tag(frozenset({node.id}), tag.pending, anc, tag.last, norms))
+        self._consume(tag, node)
+        self._set(outputs, _Tag(frozenset({node.id}), frozenset(), anc, tag.last, tag.norms))
+
+    def output(self, values) -> None:
+        """The model returned ``values``: pending layers feed the output."""
+        tag = self._tag(values)
+        self._consume(tag, self._node("output", "output", ""))
+        self._final = [self._layer_of[i] for i in sorted(tag.last)] if tag else []
+
+    def _own_layers(self, ids: frozenset) -> list[str]:
+        return list(dict.fromkeys(self._layer_of[i] for i in sorted(ids) if i in self._layer_of))
+
+    def _residual(self, tags: list[_Tag], where: str) -> None:
+        if len(tags) != 2:
+            return
+        a, b = tags
+        own_a, own_b = self._own_layers(a.anc - b.anc), self._own_layers(b.anc - a.anc)
+        if a.anc <= b.anc and own_b or b.anc <= a.anc and own_a:
+            branch = b if own_b else a
+        elif a.anc & b.anc and sorted((len(own_a), len(own_b))) == [1, max(2, len(own_a), len(own_b))]:
+            branch = a if len(own_a) > len(own_b) else b
+        else:
+            return
+        own = own_a if branch is a else own_b
+        last = self._layer_of[max(branch.last)] if branch.last else own[-1]
+        norm = self._norm_of.get(max(branch.norms)) if branch.norms else None
+        self._branches.setdefault(last, Branch(where, last, norm, tuple(own)))
+
+    def graph(self, method: str) -> Graph:
+        """The :class:`Graph` found so far."""
+        links = {name: LayerLinks(name, t, calls, tuple(self.nodes[i] for i in sorted(prod)),
+                                  tuple(self.nodes[i] for i in sorted(cons)))
+                 for name, (t, calls, prod, cons) in self._links.items()}
+        norms = tuple(dict.fromkeys(self._norm_of.values()))
+        return Graph(method, links, norms, tuple(self._branches.values()), tuple(self._final))
+
+
+def discover(model: nn.Module, example_input: object = None) -> Graph:
+    """Find each weight layer's producers and consumers, and the residual branches.
+
+    With ``example_input`` the model runs once (``model(*x)`` for a tuple or list,
+    ``model(**x)`` for a dict, else ``model(x)``) in its current train/eval mode, under
+    ``no_grad``, with a forked RNG; buffers (BatchNorm statistics) and every module's
+    ``training`` flag are restored afterwards and no hook or mode is left behind, also when
+    the forward raises. Without it: ``torch.fx`` or registration order, and a
+    :class:`DiscoveryWarning`. Works on ``meta`` models (with a ``meta`` input, or none).
+
+    Raises:
+        ForwardError: the model raised on ``example_input``; names the layer that was
+            running and the layers that completed.
+
+    Examples:
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+        >>> g = discover(model, torch.randn(2, 4))
+        >>> [n.describe() for n in g.layers["2"].producers], g.layers["0"].consumers[0].label
+        (['Tanh [observed 1]'], 'Tanh')
+    """
+    if example_input is not None:
+        return _discover.run(model, example_input, Tracker).graph("run")
+    tracker, method = _discover.fallback(model, Tracker)
+    how = "a torch.fx symbolic trace" if method == "fx" else "module registration order (fx could not trace it)"
+    warnings.warn(DiscoveryWarning(
+        f"{type(model).__name__}: no example_input, so the activation around each layer is assumed from "
+        f"{how}; pass example_input= to observe a real forward pass"), stacklevel=2)
+    return tracker.graph(method)
+
