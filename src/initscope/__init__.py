@@ -29,7 +29,11 @@ from initscope.graph import Graph, discover
 from initscope.initialize import initialize, plan
 from initscope.initplan import InitPlan, PlanRow, Untouched
 from initscope.layer import BlockInit, LayerInit, init_layer_
+from initscope.diagnose import Finding, Thresholds, diagnose, diagnose_run
 from initscope.moments import Moments, gain, moments
+from initscope.probe import Trace, probe
+from initscope.recorder import Recorder
+from initscope.stats import Stats, StatsAccumulator, tensor_stats
 
 __version__ = "0.1.0"
 
@@ -41,6 +45,9 @@ __all__ = [
     "init", "init_layer_", "LayerInit", "BlockInit", "zoo",
     # whole model
     "initialize", "plan", "InitPlan", "PlanRow", "Untouched", "discover", "Graph",
+    # observation
+    "probe", "Trace", "Stats", "StatsAccumulator", "tensor_stats", "Finding", "Thresholds", "diagnose",
+    "diagnose_run", "Recorder",
     # errors
     "InitscopeError", "UnknownActivationError", "ActivationError", "UnknownOptionError", "ArgumentError",
     "ShapeError", "LayerError", "ModelError", "ForwardError", "LossError", "DiscoveryWarning",

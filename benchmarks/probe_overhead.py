@@ -1,0 +1,205 @@
+"""Cost of recording statistics during training, as ratios to a plain training step.
+
+Times one training step (forward, backward, SGD) in four variants, interleaved in one run
+and summarised by medians (the machine may be shared and noisy):
+
+  plain       the step alone
+  record      with a Recorder recording every step (hooks + one host transfer per step)
+  off-step    with a Recorder on a step it does not record
+  naive hook  a forward hook per leaf module calling .mean().item(), .std().item() and
+              histc, as fastai's miniai does
+
+Targets: record <= 1.25x on the CPU CNN (<= 1.10x for the ResNet at batch 256 on a GPU),
+off-step <= 1.02x. With --device cuda the recording step also runs under
+torch.cuda.set_sync_debug_mode("error") to show that no hook synchronises with the host
+(the one transfer in Recorder.step() is outside that check).
+
+Usage:
+    python benchmarks/probe_overhead.py [--device cuda] [--repeats 9] [--models cnn,mlp]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from initscope.recorder import Recorder  # noqa: E402
+
+try:
+    from initscope import zoo
+except ImportError:  # the zoo is written in parallel; these stand in for it
+    zoo = None
+
+
+def _cnn() -> nn.Module:
+    if zoo is not None:
+        return zoo.plain_cnn(depth=20, channels=32)
+    layers: list[nn.Module] = [nn.Conv2d(3, 32, 3, padding=1), nn.ReLU()]
+    for _ in range(19):
+        layers += [nn.Conv2d(32, 32, 3, padding=1), nn.ReLU()]
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+
+def _mlp() -> nn.Module:
+    if zoo is not None:
+        return zoo.mlp(depth=8, width=1024, out_features=10)
+    layers: list[nn.Module] = []
+    for _ in range(8):
+        layers += [nn.Linear(1024, 1024), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(1024, 10))
+
+
+def _transformer() -> nn.Module:
+    if zoo is not None:
+        return zoo.transformer(depth=4, d_model=64, heads=4, out_features=10)
+    layer = nn.TransformerEncoderLayer(64, 4, 256, activation="gelu", batch_first=True)
+    return nn.Sequential(nn.TransformerEncoder(layer, 4, enable_nested_tensor=False), nn.Linear(64, 10))
+
+
+def _resnet() -> nn.Module:
+    if zoo is not None:
+        return zoo.resnet(depth=8, channels=64)
+    return _cnn()
+
+
+# name -> (factory, input shape, batch dimension first); targets are class indices
+MODELS = {
+    "cnn": ("plain CNN, 20 conv x 32 ch, 32x32, batch 64", _cnn, (64, 3, 32, 32)),
+    "mlp": ("MLP 8 x 1024, batch 256", _mlp, (256, 1024)),
+    "transformer": ("transformer 4 x d64, seq 64, batch 32", _transformer, (32, 64, 64)),
+    "resnet": ("ResNet 8 blocks x 64 ch, 32x32, batch 256", _resnet, (256, 3, 32, 32)),
+}
+
+
+class _Naive:
+    """miniai's append_stats: mean, std and a 40-bin histc of |activation|, per leaf module."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.stats: list = []
+        self.handles = [m.register_forward_hook(self.hook) for m in model.modules() if next(m.children(), None) is None]
+
+    def hook(self, module: nn.Module, args: object, out: object) -> None:
+        if isinstance(out, torch.Tensor) and out.is_floating_point():
+            o = out.detach()
+            self.stats.append((o.mean().item(), o.std().item(), o.abs().histc(40, 0, 10).cpu()))
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.stats.clear()
+
+
+def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    out = model(x)
+    loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.expand(out.shape[:-1]).reshape(-1))
+    loss.backward()
+    opt.step()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(variant: str, model: nn.Module, opt, x, y, device) -> float:
+    """Seconds for one training step of ``variant``; set-up and tear-down are not timed."""
+    rec = naive = None
+    if variant == "record":
+        rec = Recorder(model, every=1).__enter__()
+    elif variant == "off-step":
+        rec = Recorder(model, every=10**9).__enter__()
+        rec.step()  # step 0 was armed; step 1 is not recorded
+    elif variant == "naive hook":
+        naive = _Naive(model)
+    _sync(device)
+    start = time.perf_counter()
+    _step(model, opt, x, y)
+    if rec is not None:
+        rec.step()
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    if rec is not None:
+        rec.__exit__(None, None, None)
+    if naive is not None:
+        naive.close()
+    return elapsed
+
+
+def _sync_check(model: nn.Module, opt, x, y) -> str:
+    """Run a recorded step with CUDA sync debugging set to 'error' around forward and backward."""
+    with Recorder(model, every=1) as rec, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sync debug mode is a prototype feature"
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            opt.zero_grad(set_to_none=True)
+            out = model(x)
+            F.cross_entropy(out.reshape(-1, out.shape[-1]), y.expand(out.shape[:-1]).reshape(-1)).backward()
+        except RuntimeError as e:
+            return f"SYNC INSIDE HOOKS: {e}"
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        rec.step()  # the single host transfer, outside the check
+    return "no host sync inside hooks"
+
+
+VARIANTS = ("plain", "record", "off-step", "naive hook")
+
+
+def bench(name: str, device: torch.device, repeats: int) -> dict[str, float]:
+    title, factory, shape = MODELS[name]
+    torch.manual_seed(0)
+    model = factory().to(device)
+    x = torch.randn(shape, device=device)
+    y = torch.randint(0, 10, (shape[0],), device=device)
+    if name == "transformer":
+        y = torch.randint(0, 10, shape[:2], device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    for v in VARIANTS:  # warm-up: allocator, kernels, first-call caches
+        for _ in range(2):
+            _timed(v, model, opt, x, y, device)
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for r in range(repeats):
+        order = VARIANTS[r % 4:] + VARIANTS[:r % 4]  # rotate so no variant always runs first
+        for v in order:
+            times[v].append(_timed(v, model, opt, x, y, device))
+    med = {v: statistics.median(ts) for v, ts in times.items()}
+    med["title"] = title  # type: ignore[assignment]
+    if device.type == "cuda":
+        med["sync"] = _sync_check(model, opt, x, y)  # type: ignore[assignment]
+    return med
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--models", default=None, help="comma-separated subset of " + ",".join(MODELS))
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    names = args.models.split(",") if args.models else (
+        ["cnn", "mlp", "transformer"] + (["resnet"] if device.type == "cuda" else []))
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}, median of {args.repeats} interleaved steps\n")
+    print("| model | plain step | record every step | off-step | naive hook |")
+    print("|---|---|---|---|---|")
+    for name in names:
+        m = bench(name, device, args.repeats)
+        ratio = lambda v: f"{m[v] / m['plain']:.2f}x"  # noqa: E731
+        print(f"| {m['title']} | {m['plain'] * 1e3:.1f} ms | {ratio('record')} | {ratio('off-step')} "
+              f"| {ratio('naive hook')} |", flush=True)
+        if "sync" in m:
+            print(f"|   sync check ({name}) | {m['sync']} | | | |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,594 @@
+"""Hooks as resources: run one forward and backward pass, collect per-layer statistics, and
+leave the model exactly as found.
+
+:func:`probe` watches layers with forward hooks. Each hook measures the layer's output on
+device and, where the output requires grad, attaches ``tensor.register_hook`` to measure the
+gradient with respect to it (``register_full_backward_hook`` fails with inplace ReLU). All
+statistics move to the host once, at the end. Parameters, buffers, ``.grad``, train/eval
+flags, ``requires_grad`` and the global RNG states are restored, also when the model raises.
+
+Examples:
+    >>> import torch, torch.nn as nn
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    >>> trace = probe(net, torch.randn(16, 4))
+    >>> [(r.name, r.type, r.shape) for r in trace.layers]
+    [('0', 'Linear', (16, 8)), ('1', 'ReLU', (16, 8)), ('2', 'Linear', (16, 1))]
+    >>> trace.layers[1].forward.min >= 0, trace.params[0].grad is not None
+    (True, True)
+    >>> net[0].weight.grad is None  # probe's gradients never stay in .grad
+    True
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import html
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Union
+
+import torch
+from torch import nn
+from torch.nn.parameter import is_lazy
+
+from initscope.errors import ForwardError, LossError, ModelError, UnknownOptionError, choices_message
+from initscope.stats import Stats, StatsAccumulator
+
+__all__ = ["probe", "Trace", "LayerRecord", "OutputRecord", "ParamRecord", "select_modules"]
+
+ModuleSelection = Union[None, str, Sequence[str], type, tuple, Callable[[str, nn.Module], bool]]
+
+_CHANNELS_FIRST = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm,
+    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.MaxPool1d, nn.MaxPool2d,
+    nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+)
+
+
+def _band(module: nn.Module) -> tuple[float, float] | None:
+    """(centre, half_width) of a bounded activation's output range, else None."""
+    if isinstance(module, (nn.Tanh, nn.Softsign)):
+        return (0.0, 1.0)
+    if isinstance(module, (nn.Sigmoid, nn.Hardsigmoid)):
+        return (0.5, 0.5)
+    if isinstance(module, nn.Hardtanh):  # includes ReLU6
+        return ((module.max_val + module.min_val) / 2, (module.max_val - module.min_val) / 2)
+    return None
+
+
+def _is_weight_layer(module: nn.Module) -> bool:
+    w = getattr(module, "weight", None)
+    return isinstance(w, torch.Tensor) and w.dim() >= 2 and not isinstance(module, (nn.Embedding, nn.EmbeddingBag))
+
+
+def select_modules(model: nn.Module, modules: ModuleSelection = None) -> list[tuple[str, nn.Module]]:
+    """The (name, module) pairs to watch, in registration order.
+
+    Args:
+        model: the network.
+        modules: None for every leaf module plus modules with parameters of their own (such
+            as ``nn.MultiheadAttention``); a name or list of names from ``named_modules()``;
+            a module class or tuple of classes; or a predicate ``fn(name, module) -> bool``.
+
+    Raises:
+        UnknownOptionError: a name that is not in the model.
+        ModelError: the selection is empty.
+
+    Examples:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+        >>> [n for n, _ in select_modules(net, nn.ReLU)]
+        ['1']
+    """
+    named = list(model.named_modules())
+    if modules is None:
+        chosen = [(n, m) for n, m in named
+                  if next(m.children(), None) is None or next(m.parameters(recurse=False), None) is not None]
+    elif isinstance(modules, str) or (isinstance(modules, (list, tuple, set, frozenset))
+                                      and all(isinstance(x, str) for x in modules)):
+        index = dict(named)
+        wanted = [modules] if isinstance(modules, str) else list(modules)
+        for name in wanted:
+            if name not in index:
+                known = [n for n, _ in named if n]
+                raise UnknownOptionError(choices_message(
+                    "module name", name, known[:12] + ["..."] * (len(known) > 12),
+                    "pass names as listed by model.named_modules()"))
+        chosen = [(n, index[n]) for n in dict.fromkeys(wanted)]
+    elif isinstance(modules, type) or (isinstance(modules, tuple) and all(isinstance(x, type) for x in modules)):
+        chosen = [(n, m) for n, m in named if isinstance(m, modules)]
+    elif callable(modules):
+        chosen = [(n, m) for n, m in named if modules(n, m)]
+    else:
+        raise TypeError(f"modules must be None, names, module classes or a predicate fn(name, module); "
+                        f"got {type(modules).__name__}")
+    if not chosen:
+        raise ModelError(f"the module selection {modules!r} matches no module of {type(model).__name__}; "
+                         "pass None to watch every leaf module")
+    return chosen
+
+
+def walk(obj: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(path, tensor) for every tensor in nested tuples, lists, dicts and dataclasses."""
+    if isinstance(obj, torch.Tensor):
+        yield path, obj
+    elif isinstance(obj, Mapping):  # includes HF ModelOutput
+        for k, v in obj.items():
+            yield from walk(v, f"{path}[{k!r}]")
+    elif isinstance(obj, (tuple, list)):
+        for i, v in enumerate(obj):
+            yield from walk(v, f"{path}[{i}]")
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            yield from walk(getattr(obj, f.name), f"{path}.{f.name}")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class OutputRecord:
+    """One tensor of a layer's output: its path in the output, shape, dtype and statistics."""
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    forward: Stats | None
+    backward: Stats | None
+    note: str = ""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LayerRecord:
+    """One call of a watched module, in execution order."""
+
+    name: str
+    type: str
+    call: int
+    outputs: tuple[OutputRecord, ...]
+    weight_layer: bool = False
+
+    @property
+    def _main(self) -> OutputRecord | None:
+        return next((o for o in self.outputs if o.forward is not None), self.outputs[0] if self.outputs else None)
+
+    @property
+    def label(self) -> str:
+        """Name, with the call index after '#' for second and later calls."""
+        base = self.name or "(model)"
+        return f"{base}#{self.call}" if self.call else base
+
+    @property
+    def shape(self) -> tuple[int, ...] | None:
+        """Shape of the main (first floating) output."""
+        return self._main.shape if self._main else None
+
+    @property
+    def dtype(self) -> str | None:
+        """Dtype of the main output."""
+        return self._main.dtype if self._main else None
+
+    @property
+    def forward(self) -> Stats | None:
+        """Statistics of the main output."""
+        return self._main.forward if self._main else None
+
+    @property
+    def backward(self) -> Stats | None:
+        """Statistics of the gradient of the loss with respect to the main output."""
+        return self._main.backward if self._main else None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ParamRecord:
+    """A parameter's value and gradient statistics."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    value: Stats
+    grad: Stats | None
+
+
+def _g(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
+def _row(r: LayerRecord) -> list[str]:
+    f, b = r.forward, r.backward
+    zero = "-" if f is None else f"{100 * f.zero_frac:.0f}%"
+    bad = sum(s.nonfinite for s in (f, b) if s is not None)
+    return [r.label, r.type, "x".join(map(str, r.shape or ())) or "-", _g(f and f.mean), _g(f and f.std),
+            zero, _g(b and b.std), f"{bad} nonfinite" if bad else ""]
+
+
+_HEAD = ["layer", "type", "shape", "mean", "std", "zeros", "grad std", ""]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Trace:
+    """What one probe saw: per-call layer records in execution order, parameters, inputs.
+
+    ``findings`` judges it with the default :class:`~initscope.diagnose.Thresholds`; call
+    :func:`initscope.diagnose.diagnose` to use others.
+    """
+
+    layers: tuple[LayerRecord, ...]
+    params: tuple[ParamRecord, ...] = ()
+    inputs: tuple[OutputRecord, ...] = ()
+    loss: float | None = None
+    notes: tuple[str, ...] = ()
+
+    @functools.cached_property
+    def findings(self) -> list:
+        """Plain-word findings with numbers and fixes (see :mod:`initscope.diagnose`)."""
+        from initscope.diagnose import diagnose
+
+        return diagnose(self)
+
+    def layer(self, name: str, call: int = 0) -> LayerRecord:
+        """The record of ``name``'s ``call``-th call (KeyError if absent)."""
+        for r in self.layers:
+            if r.name == name and r.call == call:
+                return r
+        raise KeyError(f"no record of layer {name!r} call {call}; layers: {[r.label for r in self.layers][:10]}")
+
+    def __repr__(self) -> str:
+        rows = [_HEAD] + [_row(r) for r in self.layers[:60]]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(_HEAD))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        if len(self.layers) > 60:
+            lines.append(f"... {len(self.layers) - 60} more layers")
+        loss = "" if self.loss is None else f", loss {self.loss:.4g}"
+        head = f"Trace({len(self.layers)} layer calls, {len(self.params)} parameters{loss})"
+        return "\n".join([head, *lines, *(f"note: {n}" for n in self.notes)])
+
+    def _repr_html_(self) -> str:
+        cell = lambda tag, text: f"<{tag}>{html.escape(text)}</{tag}>"  # noqa: E731
+        body = "".join("<tr>" + "".join(cell("td", c) for c in _row(r)) + "</tr>" for r in self.layers)
+        head = "<tr>" + "".join(cell("th", c) for c in _HEAD) + "</tr>"
+        notes = "".join(f"<p>{html.escape(n)}</p>" for n in self.notes)
+        return f"<table class='initscope-trace'>{head}{body}</table>{notes}"
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (non-finite floats become strings)."""
+        def out(o: OutputRecord) -> dict:
+            return {"path": o.path, "shape": list(o.shape), "dtype": o.dtype, "note": o.note,
+                    "forward": o.forward and o.forward.to_dict(), "backward": o.backward and o.backward.to_dict()}
+
+        return {
+            "loss": self.loss if self.loss is None or math.isfinite(self.loss) else str(self.loss),
+            "layers": [{"name": r.name, "type": r.type, "call": r.call, "weight_layer": r.weight_layer,
+                        "outputs": [out(o) for o in r.outputs]} for r in self.layers],
+            "params": [{"name": p.name, "shape": list(p.shape), "dtype": p.dtype, "value": p.value.to_dict(),
+                        "grad": p.grad and p.grad.to_dict()} for p in self.params],
+            "inputs": [out(o) for o in self.inputs],
+            "notes": list(self.notes),
+            "findings": [dataclasses.asdict(f) for f in self.findings],
+        }
+
+
+@dataclasses.dataclass
+class _Out:
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    unit_dim: int | None = None
+    note: str = ""
+    hooked: bool = False
+
+
+@dataclasses.dataclass
+class _Call:
+    name: str
+    type: str
+    index: int
+    weight_layer: bool
+    outputs: list[_Out] = dataclasses.field(default_factory=list)
+
+
+class Tap:
+    """Forward hooks on watched modules that feed a :class:`StatsAccumulator`.
+
+    A context manager: hooks are registered on entry and removed on exit, together with
+    every tensor hook it attached. Forward hooks that fire outside the root module's forward
+    after a backward pass has started are recomputations (gradient checkpointing): they are
+    not measured again, but attach gradient hooks where the first pass could not. The k-th
+    recomputed call of a module is matched to its k-th original call; a module shared across
+    several reentrant checkpoint segments may have its gradient statistics attributed to the
+    wrong one of its calls.
+
+    Args:
+        model: the root module.
+        watched: (name, module) pairs from :func:`select_modules`.
+        acc: where statistics go; keys are (call index, output index, "fwd" | "bwd").
+        track: also follow every module's entry and exit, to name the failing layer.
+    """
+
+    def __init__(self, model: nn.Module, watched: list[tuple[str, nn.Module]],
+                 acc: StatsAccumulator, track: bool = False) -> None:
+        self.model, self.watched, self.acc, self.track = model, watched, acc, track
+        self.calls: list[_Call] = []
+        self.stack: list[str] = []
+        self.completed: list[str] = []
+        self.in_root = self.backward_started = False
+        self._counts: dict[str, int] = {}
+        self._recomputed: dict[str, int] = {}
+        self._handles: list = []
+        self._last: tuple[tuple[int, ...], int | None] = ((), None)
+
+    def __enter__(self) -> Tap:
+        try:
+            for name, module in self.watched:
+                self._handles.append(module.register_forward_hook(functools.partial(self._forward, name)))
+            if self.track:
+                for name, module in self.model.named_modules():
+                    leaf = next(module.children(), None) is None
+                    self._handles.append(module.register_forward_pre_hook(functools.partial(self._enter, name)))
+                    self._handles.append(module.register_forward_hook(functools.partial(self._exit, name, leaf)))
+            self._handles.append(self.model.register_forward_pre_hook(self._root_enter))
+            self._handles.append(self.model.register_forward_hook(self._root_exit, always_call=True))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        handles, self._handles = self._handles, []
+        for h in handles:
+            h.remove()
+
+    def _enter(self, name: str, module: nn.Module, args: object) -> None:
+        self.stack.append(name)
+
+    def _exit(self, name: str, leaf: bool, module: nn.Module, args: object, output: object) -> None:
+        if self.stack and self.stack[-1] == name:
+            self.stack.pop()
+        if leaf:
+            self.completed.append(name)
+
+    def _root_enter(self, module: nn.Module, args: object) -> None:
+        if self.backward_started:  # a new forward (e.g. the next micro-batch)
+            self.backward_started = False
+            self._recomputed.clear()
+        self.in_root = True
+
+    def _root_exit(self, module: nn.Module, args: object, output: object) -> None:
+        self.in_root = False
+
+    def _unit_dim(self, module: nn.Module, t: torch.Tensor) -> int | None:
+        """Channels (dim 1) for conv-like layers and 4-D+ outputs, else features (dim -1);
+        an elementwise layer keeps the unit dim of the previous output of the same shape."""
+        shape = tuple(t.shape)
+        if t.dim() < 2:
+            dim = None
+        elif isinstance(module, _CHANNELS_FIRST) or t.dim() >= 4:
+            dim = 1
+        else:
+            dim = self._last[1] if self._last[0] == shape else -1
+        self._last = (shape, dim)
+        return dim
+
+    def _forward(self, name: str, module: nn.Module, args: object, output: object) -> None:
+        if self.backward_started and not self.in_root:
+            self._recompute(name, output)
+            return
+        call = _Call(name, type(module).__name__, self._counts.get(name, 0), _is_weight_layer(module))
+        self._counts[name] = call.index + 1
+        ci = len(self.calls)
+        self.calls.append(call)
+        for j, (path, t) in enumerate(walk(output)):
+            out = _Out(path, tuple(t.shape), str(t.dtype).replace("torch.", ""))
+            call.outputs.append(out)
+            if not t.is_floating_point():
+                out.note = f"{out.dtype} output not measured"
+                continue
+            out.unit_dim = self._unit_dim(module, t)
+            self.acc.add((ci, j, "fwd"), t, unit_dim=out.unit_dim, saturation=_band(module))
+            if t.requires_grad:
+                self._hook_grad(t, (ci, j, "bwd"), out)
+
+    def _hook_grad(self, t: torch.Tensor, key: tuple, out: _Out) -> None:
+        self._handles.append(t.register_hook(functools.partial(self._grad, key, out.unit_dim)))
+        out.hooked = True
+
+    def _grad(self, key: tuple, unit_dim: int | None, grad: torch.Tensor) -> None:
+        self.backward_started = True
+        self.acc.add(key, grad, unit_dim=unit_dim)
+
+    def _recompute(self, name: str, output: object) -> None:
+        k = self._recomputed.get(name, 0)
+        self._recomputed[name] = k + 1
+        matches = [i for i, c in enumerate(self.calls) if c.name == name]
+        if k >= len(matches):
+            return
+        ci = matches[k]
+        outs = self.calls[ci].outputs
+        for j, (_, t) in enumerate(walk(output)):
+            if j < len(outs) and not outs[j].hooked and t.is_floating_point() and t.requires_grad:
+                self._hook_grad(t, (ci, j, "bwd"), outs[j])
+
+    def records(self, host: Mapping) -> tuple[LayerRecord, ...]:
+        """Layer records from the host statistics returned by ``acc.to_host()``."""
+        return tuple(LayerRecord(c.name, c.type, c.index, tuple(
+            OutputRecord(o.path, o.shape, o.dtype, host.get((ci, j, "fwd")), host.get((ci, j, "bwd")), o.note)
+            for j, o in enumerate(c.outputs)), c.weight_layer) for ci, c in enumerate(self.calls))
+
+
+class _Snapshot:
+    """Everything probe could change: parameters and buffers (bitwise), .grad, flags, RNG."""
+
+    def __init__(self, model: nn.Module, leaves: list[torch.Tensor]) -> None:
+        tensors = {id(t): t for t in [*model.parameters(), *model.buffers()] if not is_lazy(t)}
+        self.values = [(t, t.detach().clone()) for t in tensors.values()]
+        self.grads = [(t, t.grad) for t in [*model.parameters(), *leaves]]
+        self.flags = [(m, m.training) for m in model.modules()]
+        self.requires = [(p, p.requires_grad) for p in model.parameters()]
+        self.cpu_rng = torch.get_rng_state()
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        self.cuda_rng = torch.cuda.get_rng_state_all() if cuda else None
+
+    def restore(self) -> None:
+        for m, flag in self.flags:
+            m.training = flag
+        for p, flag in self.requires:
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
+        with torch.no_grad():
+            for t, saved in self.values:  # copy only what changed, so version counters stay put
+                if not _same_bits(t, saved):
+                    t.copy_(saved)
+        for t, g in self.grads:
+            if t.grad is not g:
+                t.grad = g
+        torch.set_rng_state(self.cpu_rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state_all(self.cuda_rng)
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point() or a.is_complex():
+        as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}.get(a.element_size())
+        if as_int is not None and not a.is_complex():
+            return torch.equal(a.detach().view(as_int), b.view(as_int))
+    return torch.equal(a.detach(), b)
+
+
+def _call(model: nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, tuple):
+        return model(*inputs)
+    if isinstance(inputs, Mapping) and not isinstance(inputs, torch.Tensor):
+        return model(**inputs)
+    return model(inputs)
+
+
+def _usable(inputs: Any) -> Any:
+    """Inputs with inference-mode tensors cloned (autograd refuses to save them)."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.clone() if inputs.is_inference() else inputs
+    if isinstance(inputs, tuple):
+        return tuple(_usable(x) for x in inputs)
+    if isinstance(inputs, list):
+        return [_usable(x) for x in inputs]
+    if isinstance(inputs, Mapping):
+        return {k: _usable(v) for k, v in inputs.items()}
+    return inputs
+
+
+def _loss(output: Any, loss_fn: Callable | None, target: Any) -> torch.Tensor:
+    if loss_fn is None:  # least squares against target 0
+        ts = [t for _, t in walk(output) if t.is_floating_point()]
+        if not ts:
+            raise LossError("the model's output holds no floating tensor for the default loss "
+                            "0.5 * output.pow(2).mean(); pass loss_fn")
+        loss = sum(0.5 * t.pow(2).mean() for t in ts)
+    else:
+        try:
+            loss = loss_fn(output) if target is None else loss_fn(output, target)
+        except Exception as e:
+            raise LossError(f"loss_fn raised {type(e).__name__}: {e}; it is called as loss_fn(output, target), "
+                            "or loss_fn(output) without a target") from e
+    if not isinstance(loss, torch.Tensor):
+        raise LossError(f"loss_fn returned {type(loss).__name__}, not a tensor; return a scalar tensor")
+    if loss.numel() != 1:
+        raise LossError(f"the loss has shape {tuple(loss.shape)}, not a scalar; reduce it, e.g. with .mean()")
+    return loss
+
+
+def _fail(tap: Tap, e: BaseException, phase: str) -> ForwardError:
+    layer = tap.stack[-1] if tap.stack else None
+    where = {m: type(mod).__name__ for m, mod in tap.model.named_modules()}
+    what = f"`{layer or '(model)'}` ({where.get(layer or '', '?')})" if layer is not None else "the model"
+    done = tap.completed
+    tail = f"; completed: {', '.join(done[-8:])}" + (f" and {len(done) - 8} earlier" if len(done) > 8 else "")
+    return ForwardError(f"{what} raised {type(e).__name__} during the {phase} pass: {e}"
+                        + (tail if done else "; no layer completed"), layer=layer, completed=done)
+
+
+def probe(model: nn.Module, inputs: Any, *, loss_fn: Callable | None = None, target: Any = None,
+          backward: bool = True, modules: ModuleSelection = None) -> Trace:
+    """Run one forward (and backward) pass and return what every watched layer saw.
+
+    Args:
+        model: the network; it is left bitwise as found, also when it raises.
+        inputs: a tensor, a tuple of positional arguments, or a dict of keyword arguments.
+        loss_fn: ``loss_fn(output, target)`` (or ``loss_fn(output)`` without a target) giving a
+            scalar. Default: ``0.5 * output.pow(2).mean()``, least squares against target 0,
+            summed over the output's floating tensors.
+        target: passed to ``loss_fn``.
+        backward: run the backward pass too (under ``torch.enable_grad``, also for callers
+            inside ``torch.no_grad``).
+        modules: which layers to watch; see :func:`select_modules`.
+
+    Returns:
+        A :class:`Trace`. Integer and bool outputs are listed with a note and not measured.
+
+    Raises:
+        ModelError: ``model`` is not a module, has lazy parameters, or the selection is empty.
+        LossError: a target without ``loss_fn``, a failing ``loss_fn``, or a non-scalar loss.
+        ForwardError: the model raised; names the layer that was running and those completed.
+    """
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"probe needs a torch.nn.Module, got {type(model).__name__}")
+    if target is not None and loss_fn is None:
+        raise LossError("a target was given without a loss_fn to use it; pass loss_fn=, "
+                        "e.g. torch.nn.functional.cross_entropy")
+    lazy = [n for n, p in model.named_parameters() if is_lazy(p)]
+    if lazy:
+        raise ModelError(f"parameters {', '.join(lazy[:4])} are not initialized yet (lazy modules), and "
+                         "probe would have to create them; run one forward pass before probing")
+    tap = Tap(model, select_modules(model, modules), StatsAccumulator(), track=True)
+    params = list(dict((id(p), (n, p)) for n, p in model.named_parameters()).values())
+    leaves = [t for _, t in walk(inputs) if t.requires_grad and t.is_leaf]
+    snap, notes, loss = _Snapshot(model, leaves), [], None
+    try:
+        with tap, torch.inference_mode(False), torch.set_grad_enabled(backward):
+            inputs = _usable(inputs)
+            for j, (_, t) in enumerate(walk(inputs)):
+                if t.is_floating_point():
+                    tap.acc.add(("input", j), t, unit_dim=1 if t.dim() >= 4 else -1)
+            for name, p in params:
+                tap.acc.add(("value", name), p)
+            try:
+                output = _call(model, inputs)
+            except Exception as e:
+                raise _fail(tap, e, "forward") from e
+            if backward:
+                loss = _loss(output, loss_fn, target)
+                del output
+                _backward(tap, loss, params, leaves, notes)
+    finally:
+        snap.restore()
+    return _trace(tap, params, inputs, loss, notes)
+
+
+def _backward(tap: Tap, loss: torch.Tensor, params: list, leaves: list, notes: list[str]) -> None:
+    if not loss.requires_grad:
+        notes.append("backward skipped: the loss does not depend on anything that requires grad")
+        return
+    for t in [p for _, p in params] + leaves:
+        t.grad = None  # the snapshot puts the caller's gradients back
+    tap.backward_started = True
+    tap.stack.clear()
+    try:
+        loss.backward()
+    except Exception as e:
+        raise _fail(tap, e, "backward") from e
+    for name, p in params:
+        if p.grad is not None:
+            tap.acc.add(("grad", name), p.grad.to_dense() if p.grad.is_sparse else p.grad)
+
+
+def _trace(tap: Tap, params: list, inputs: Any, loss: torch.Tensor | None, notes: list[str]) -> Trace:
+    host: dict = {}
+    for key, s in tap.acc.to_host():
+        host[key] = host[key].merge(s) if key in host else s
+    ins = tuple(OutputRecord(path, tuple(t.shape), str(t.dtype).replace("torch.", ""), host.get(("input", j)), None)
+                for j, (path, t) in enumerate(walk(inputs)))
+    prs = tuple(ParamRecord(n, tuple(p.shape), str(p.dtype).replace("torch.", ""), host[("value", n)],
+                            host.get(("grad", n))) for n, p in params)
+    skipped = sorted({f"{c.type} output {o.dtype}" for c in tap.calls for o in c.outputs if o.note})
+    notes = notes + [f"not measured (not floating): {', '.join(skipped)}"] * bool(skipped)
+    return Trace(tap.records(host), prs, ins, None if loss is None else float(loss.detach()), tuple(notes))

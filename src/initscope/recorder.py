@@ -1,0 +1,221 @@
+"""Record per-layer statistics during training, every Nth step, into a bounded history.
+
+Call :meth:`Recorder.step` once per training step, after ``optimizer.step()``. On a recorded
+step the Recorder's hooks measure each watched layer's output and the gradient with respect
+to it, and each parameter's value and gradient, all on device; :meth:`Recorder.step` moves
+them to the host in one transfer. On the other steps no hook is registered at all, so they
+cost nothing. Several forward calls of one module in a step (micro-batches) are merged.
+
+The history is long format, rows of (step, layer, phase, stat, value), with phases
+"forward", "backward" (gradient w.r.t. the layer's output), "param" and "grad". When it
+outgrows ``max_rows``, every other recorded step is dropped (the newest is always kept), so
+the history thins out evenly instead of forgetting the start of the run.
+
+Examples:
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
+    >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    >>> with Recorder(net, every=2) as rec:
+    ...     for _ in range(5):
+    ...         opt.zero_grad()
+    ...         net(torch.randn(32, 4)).pow(2).mean().backward()
+    ...         opt.step()
+    ...         rec.step()
+    >>> sorted({row.step for row in rec.history})
+    [0, 2, 4]
+    >>> steps, counts = rec.histograms("1")  # the "colorful dimension": [steps, bins]
+    >>> counts.shape
+    (3, 258)
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parameter import is_lazy
+
+from initscope.diagnose import Finding, diagnose_run
+from initscope.errors import ArgumentError, ModelError
+from initscope.probe import LayerRecord, ModuleSelection, OutputRecord, ParamRecord, Tap, Trace, select_modules
+from initscope.stats import Stats, StatsAccumulator
+
+__all__ = ["Recorder", "Row", "STATS"]
+
+
+class Row(NamedTuple):
+    """One number of the history."""
+
+    step: int
+    layer: str
+    phase: str
+    stat: str
+    value: float
+
+
+def _fp(fmt: str, kind: str):
+    return lambda s: getattr(s, kind)[fmt]
+
+
+#: The statistics written to the history for each (step, layer, phase). NaN ones are left out.
+STATS = {
+    "mean": lambda s: s.mean, "std": lambda s: s.std, "min": lambda s: s.min, "max": lambda s: s.max,
+    "zero_frac": lambda s: s.zero_frac, "nonfinite": lambda s: float(s.nonfinite),
+    "dead_frac": lambda s: s.dead_frac, "saturation_frac": lambda s: s.saturation_frac,
+    "fp16_underflow": _fp("fp16", "underflow_frac"), "bf16_underflow": _fp("bf16", "underflow_frac"),
+    "fp16_overflow": _fp("fp16", "overflow_frac"), "bf16_overflow": _fp("bf16", "overflow_frac"),
+}
+
+
+class Recorder:
+    """Context manager that records statistics on every ``every``-th training step.
+
+    Args:
+        model: the network being trained; it is never changed, and no hook outlives the context.
+        every: record steps 0, every, 2*every, ... (counted by :meth:`step`).
+        modules: which layers to watch; see :func:`initscope.probe.select_modules`.
+        max_rows: bound on the history's rows (thinned as described in the module notes).
+
+    Raises:
+        ModelError: ``model`` is not a module, or the selection is empty.
+        ArgumentError: ``every`` or ``max_rows`` below 1.
+    """
+
+    def __init__(self, model: nn.Module, every: int = 1, *, modules: ModuleSelection = None,
+                 max_rows: int = 200_000) -> None:
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"Recorder needs a torch.nn.Module, got {type(model).__name__}")
+        for name, v in (("every", every), ("max_rows", max_rows)):
+            if not isinstance(v, int) or v < 1:
+                raise ArgumentError(f"{name} must be a whole number >= 1; got {v!r}")
+        self.model, self.every, self.max_rows = model, every, max_rows
+        self.watched = select_modules(model, modules)
+        self._params = list(dict((id(p), (n, p)) for n, p in model.named_parameters() if not is_lazy(p)).values())
+        self._step = 0
+        self._tap: Tap | None = None
+        self._param_hooks: list = []
+        self._steps: list[tuple[int, list[Row], dict[tuple[str, str], np.ndarray]]] = []
+        self._n_rows = 0
+        self._merged: dict[tuple[str, str], Stats] = {}
+        self._layers: dict[str, tuple[str, bool]] = {}
+        self._open = False
+
+    def __enter__(self) -> Recorder:
+        self._open = True
+        self._arm()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self._flush()
+        finally:
+            self._disarm()
+            self._open = False
+
+    @property
+    def step_count(self) -> int:
+        """Training steps counted so far."""
+        return self._step
+
+    def step(self) -> None:
+        """Mark the end of a training step: store a recorded step's statistics, arm or disarm."""
+        self._flush()
+        self._disarm()
+        self._step += 1
+        if self._open:
+            self._arm()
+
+    def _arm(self) -> None:
+        if self._step % self.every or self._tap is not None:
+            return
+        self._tap = Tap(self.model, self.watched, StatsAccumulator()).__enter__()
+        acc = self._tap.acc
+        for name, p in self._params:
+            acc.add(("value", name), p)
+            if p.requires_grad:
+                self._param_hooks.append(p.register_hook(functools.partial(_grad_hook, acc, name)))
+
+    def _disarm(self) -> None:
+        hooks, self._param_hooks = self._param_hooks, []
+        for h in hooks:
+            h.remove()
+        if self._tap is not None:
+            self._tap.__exit__(None, None, None)
+            self._tap = None
+
+    def _flush(self) -> None:
+        if self._tap is None or not self._tap.calls:  # armed, but no forward ran
+            return
+        tap = self._tap
+        host = tap.acc.to_host()  # the single transfer of this step
+        per: dict[tuple[str, str], Stats] = {}
+        for key, s in host:
+            if key[0] in ("value", "grad"):
+                k = (key[1], "param" if key[0] == "value" else "grad")
+            else:
+                call = tap.calls[key[0]]
+                self._layers.setdefault(call.name, (call.type, call.weight_layer))
+                if key[1] != next((j for j, o in enumerate(call.outputs) if not o.note), None):
+                    continue  # the history follows each layer's main output
+                k = (call.name, "forward" if key[2] == "fwd" else "backward")
+            per[k] = per[k].merge(s) if k in per else s
+        self._store(per)
+
+    def _store(self, per: dict[tuple[str, str], Stats]) -> None:
+        rows, hists = [], {}
+        for (layer, phase), s in per.items():
+            for stat, fn in STATS.items():
+                v = float(fn(s))
+                if v == v:
+                    rows.append(Row(self._step, layer, phase, stat, v))
+            if phase in ("forward", "backward"):
+                hists[layer, phase] = s.hist
+            self._merged[layer, phase] = self._merged[layer, phase].merge(s) if (layer, phase) in self._merged else s
+        self._steps.append((self._step, rows, hists))
+        self._n_rows += len(rows)
+        while self._n_rows > self.max_rows and len(self._steps) > 1:
+            self._steps = self._steps[:-1][::2] + self._steps[-1:]
+            self._n_rows = sum(len(r) for _, r, _ in self._steps)
+
+    @property
+    def history(self) -> list[Row]:
+        """All rows, oldest first."""
+        return [row for _, rows, _ in self._steps for row in rows]
+
+    def histograms(self, layer: str, phase: str = "forward") -> tuple[np.ndarray, np.ndarray]:
+        """A layer's log2|x| histogram at each recorded step (fastai's "colorful dimension").
+
+        Returns:
+            (steps, counts): the recorded step numbers, and int64 counts [steps, bins] with the
+            bins of :attr:`initscope.stats.Stats.hist`.
+        """
+        kept = [(step, h[layer, phase]) for step, _, h in self._steps if (layer, phase) in h]
+        if not kept:
+            raise KeyError(f"no {phase} histogram of layer {layer!r}; recorded layers: {sorted(self._layers)[:10]}")
+        return np.array([s for s, _ in kept]), np.stack([h for _, h in kept])
+
+    @property
+    def trace(self) -> Trace:
+        """Statistics merged over every recorded step, as one Trace (one record per layer)."""
+        def rec(name: str) -> LayerRecord:
+            typ, weight = self._layers[name]
+            out = OutputRecord("", (), "", self._merged.get((name, "forward")), self._merged.get((name, "backward")))
+            return LayerRecord(name, typ, 0, (out,), weight)
+
+        params = tuple(ParamRecord(n, tuple(p.shape), str(p.dtype).replace("torch.", ""), self._merged[n, "param"],
+                                   self._merged.get((n, "grad"))) for n, p in self._params if (n, "param") in self._merged)
+        return Trace(tuple(rec(n) for n in self._layers), params)
+
+    @property
+    def findings(self) -> list[Finding]:
+        """Judge the whole run with the default thresholds: merged statistics plus trends
+        across recorded steps. For others: ``diagnose_run(rec.trace, rec.history, thresholds)``."""
+        return diagnose_run(self.trace, self.history)
+
+
+def _grad_hook(acc: StatsAccumulator, name: str, grad: torch.Tensor) -> None:
+    acc.add(("grad", name), grad)

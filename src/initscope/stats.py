@@ -1,0 +1,479 @@
+"""Fused, mergeable statistics of tensors, collected on device and moved to the host once.
+
+A :class:`StatsAccumulator` measures many tensors where they live, with a few fused
+reductions each and no host synchronisation; :meth:`StatsAccumulator.to_host` moves all of
+them in one transfer. Each tensor's result is a :class:`Stats`: count, mean and M2 (sum of
+squared deviations, merged with Chan's formula), min, max, exact counts of zeros, NaN and
+infinities, a histogram of log2|x|, per-unit nonzero counts (dead units), and how many
+values fp16, bf16, fp8 e4m3 and fp8 e5m2 could not hold. ``a.merge(b)`` gives the
+statistics of the concatenated data.
+
+How the counts are made: a float32's bits hold its sign, exponent and mantissa, so a shift
+and a mask give a 12-bit code (sign, 8 exponent bits, 3 mantissa bits) and one bincount
+counts every class at once, without casting. Octave edges 2^k are exact, so every smallest
+normal and subnormal is exact except bf16's subnormal 2^-133, which lies inside float32's
+own subnormal range (counted as an upper bound: all nonzero values below 2^-129).
+Overflow counts the values that certainly round to inf (or NaN for e4m3): |x| at or above
+the first 1/8-octave edge past the format's max, i.e. 65536 for fp16, 2^128 for bf16, 480 for
+e4m3 and 61440 for e5m2 (exact there). The few values within 3% below that edge are missed.
+fp16, bf16 and fp8 inputs widen to float32 exactly; float64 takes an exact ``frexp`` path.
+NaN is told from inf by the leading mantissa bits, so a signalling NaN whose three leading
+mantissa bits are zero (never produced by arithmetic) would count as an infinity.
+Moments reduce in the tensor's precision (float32 pairwise sums, or float64) and merge in
+float64.
+
+Examples:
+    >>> import torch
+    >>> s = tensor_stats(torch.tensor([[0.0, 1.0], [0.0, -3.0]]), unit_dim=1)
+    >>> s.count, s.mean, s.zeros, s.dead_units
+    (4, -0.5, 2, 1)
+    >>> s.merge(tensor_stats(torch.tensor([[2.0, 2.0]]), unit_dim=1)).dead_units
+    0
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from collections.abc import Hashable
+
+import numpy as np
+import torch
+
+from initscope.errors import ShapeError
+
+__all__ = ["FORMATS", "HIST_EXPONENTS", "SATURATION_LEVEL", "Stats", "StatsAccumulator", "tensor_stats"]
+
+FORMATS = ("fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
+_FORMAT_DTYPES = (torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2)
+#: Lower edges (as powers of two) of the octave bins; ``hist`` is
+#: [zero, 0<|x|<2^-126, one bin per octave [2^e, 2^(e+1)) for e in HIST_EXPONENTS, |x|>=2^128, nonfinite].
+HIST_EXPONENTS = np.arange(-126, 128)
+#: A bounded activation is saturated where |y - centre| > SATURATION_LEVEL * half_width (|tanh| > 0.99).
+SATURATION_LEVEL = 0.99
+_CODES, _SUBHISTS = 4096, 8  # sign + exponent + 3 mantissa bits; CPU sub-histograms
+_EXACT_F32 = 2**24  # counts summed as float32 are exact below this
+
+
+def _format_table() -> np.ndarray:
+    """Per format: log2 smallest normal, log2 smallest subnormal, first fine code past the max."""
+    rows = []
+    for dt in _FORMAT_DTYPES:
+        fi = torch.finfo(dt)
+        top = math.floor(math.log2(fi.max))
+        rows.append((round(math.log2(fi.tiny)), round(math.log2(fi.tiny * fi.eps)),
+                     (top + 127) * 8 + int((fi.max / 2.0**top - 1) * 8) + 1, fi.max))
+    return np.array(rows)
+
+
+_FMT = _format_table()
+
+
+@dataclass(frozen=True, eq=False)
+class Stats:
+    """Statistics of one tensor (or of several, merged). Host-side and immutable.
+
+    Attributes:
+        count: number of values.
+        mean: mean (NaN if the data hold NaN or both infinities).
+        m2: sum of squared deviations from the mean.
+        min, max: extremes (NaN if the data hold NaN).
+        zeros, nan, posinf, neginf: exact counts.
+        hist: int64 counts, see :data:`HIST_EXPONENTS`.
+        formats: int64 [len(FORMATS), 3]: values below the smallest normal, below the smallest
+            subnormal (both nonzero), and above the max (finite), per format.
+        unit_nonzero: nonzero values per unit (channel or feature), or None.
+        saturated: values in a bounded activation's saturated band, or None.
+    """
+
+    count: int
+    mean: float
+    m2: float
+    min: float
+    max: float
+    zeros: int
+    nan: int
+    posinf: int
+    neginf: int
+    hist: np.ndarray
+    formats: np.ndarray
+    unit_nonzero: np.ndarray | None = None
+    saturated: int | None = None
+
+    @classmethod
+    def empty(cls, units: int | None = None, saturation: bool = False) -> Stats:
+        """Statistics of no data; the identity of :meth:`merge`."""
+        return cls(0, math.nan, 0.0, math.inf, -math.inf, 0, 0, 0, 0, np.zeros(258, np.int64),
+                   np.zeros((len(FORMATS), 3), np.int64),
+                   None if units is None else np.zeros(units, np.int64), 0 if saturation else None)
+
+    @property
+    def var(self) -> float:
+        """Population variance, M2 / count."""
+        return self.m2 / self.count if self.count else math.nan
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation."""
+        return math.sqrt(self.var) if self.var >= 0 else math.nan
+
+    @property
+    def second_moment(self) -> float:
+        """E[x^2] = var + mean^2, the quantity the He/Kaiming derivation tracks."""
+        return self.var + self.mean * self.mean  # inf rather than OverflowError
+
+    @property
+    def absmax(self) -> float:
+        """max |x|."""
+        return max(abs(self.min), abs(self.max)) if self.count else math.nan
+
+    @property
+    def nonfinite(self) -> int:
+        """NaN, +inf and -inf together."""
+        return self.nan + self.posinf + self.neginf
+
+    def _frac(self, n: float) -> float:
+        return n / self.count if self.count else math.nan
+
+    @property
+    def zero_frac(self) -> float:
+        """Fraction of exact zeros."""
+        return self._frac(self.zeros)
+
+    @property
+    def nan_frac(self) -> float:
+        """Fraction of NaN."""
+        return self._frac(self.nan)
+
+    @property
+    def dead_units(self) -> int:
+        """Units (channels or features) that are zero for the whole batch."""
+        return 0 if self.unit_nonzero is None else int((self.unit_nonzero == 0).sum())
+
+    @property
+    def dead_frac(self) -> float:
+        """Fraction of units that are zero for the whole batch (NaN without units)."""
+        if self.unit_nonzero is None or not len(self.unit_nonzero):
+            return math.nan
+        return self.dead_units / len(self.unit_nonzero)
+
+    @property
+    def saturation_frac(self) -> float:
+        """Fraction of values in the saturated band (NaN where not measured)."""
+        return math.nan if self.saturated is None else self._frac(self.saturated)
+
+    @property
+    def underflow_frac(self) -> dict[str, float]:
+        """Per format: fraction of nonzero values below its smallest normal."""
+        return {f: self._frac(int(n)) for f, n in zip(FORMATS, self.formats[:, 0])}
+
+    @property
+    def flush_frac(self) -> dict[str, float]:
+        """Per format: fraction of nonzero values below its smallest subnormal (bf16: upper bound)."""
+        return {f: self._frac(int(n)) for f, n in zip(FORMATS, self.formats[:, 1])}
+
+    @property
+    def overflow_frac(self) -> dict[str, float]:
+        """Per format: fraction of finite values that certainly overflow it (see module notes)."""
+        return {f: self._frac(int(n)) for f, n in zip(FORMATS, self.formats[:, 2])}
+
+    def merge(self, other: Stats) -> Stats:
+        """Statistics of both datasets together (Chan et al.'s parallel variance).
+
+        Raises:
+            ShapeError: the two have different numbers of units.
+        """
+        if (self.unit_nonzero is None) != (other.unit_nonzero is None) or (
+                self.unit_nonzero is not None and len(self.unit_nonzero) != len(other.unit_nonzero)):
+            raise ShapeError(f"cannot merge statistics over {_units(self)} with statistics over "
+                             f"{_units(other)}; merge tensors with the same unit dimension")
+        if not other.count:
+            return self
+        if not self.count:
+            return other
+        n = self.count + other.count
+        if math.isfinite(self.mean) and math.isfinite(other.mean):
+            delta = other.mean - self.mean
+            mean = self.mean + delta * other.count / n
+            m2 = self.m2 + other.m2 + delta * delta * self.count * other.count / n
+        else:  # an infinite or NaN mean carries over as the data's mean would; M2 is undefined
+            mean, m2 = self.mean * (self.count / n) + other.mean * (other.count / n), math.nan
+        units = None if self.unit_nonzero is None else self.unit_nonzero + other.unit_nonzero
+        sat = None if self.saturated is None or other.saturated is None else self.saturated + other.saturated
+        return Stats(n, mean, m2, _nanmin(self.min, other.min), _nanmax(self.max, other.max),
+                     self.zeros + other.zeros, self.nan + other.nan, self.posinf + other.posinf,
+                     self.neginf + other.neginf, self.hist + other.hist, self.formats + other.formats,
+                     units, sat)
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary: scalars (non-finite floats as strings), fractions and the histogram."""
+        out = {f.name: _json(getattr(self, f.name)) for f in fields(self)
+               if f.name not in ("hist", "formats", "unit_nonzero")}
+        for name in ("std", "second_moment", "absmax", "zero_frac", "dead_frac", "saturation_frac"):
+            out[name] = _json(getattr(self, name))
+        out["dead_units"] = self.dead_units
+        for name in ("underflow_frac", "flush_frac", "overflow_frac"):
+            out[name] = {k: _json(v) for k, v in getattr(self, name).items()}
+        out["hist"] = self.hist.tolist()
+        return out
+
+
+def _units(s: Stats) -> str:
+    return "no units" if s.unit_nonzero is None else f"{len(s.unit_nonzero)} units"
+
+
+def _nanmin(a: float, b: float) -> float:
+    return math.nan if math.isnan(a) or math.isnan(b) else min(a, b)
+
+
+def _nanmax(a: float, b: float) -> float:
+    return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
+
+
+def _json(v: object) -> object:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+class _Pending:
+    """One tensor's statistics, still on its device."""
+
+    __slots__ = ("parts", "count", "units", "sat", "zeros_binned")
+
+    def __init__(self, parts, count, units, sat, zeros_binned):
+        self.parts, self.count, self.units, self.sat, self.zeros_binned = parts, count, units, sat, zeros_binned
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """All elements as a 1-D tensor in memory order (a view when the layout is dense)."""
+    if t.is_contiguous():
+        return t.view(-1)
+    order = sorted(range(t.dim()), key=lambda d: -t.stride(d))
+    p = t.permute(order)
+    return p.view(-1) if p.is_contiguous() else p.reshape(-1)
+
+
+def _codes64(x: torch.Tensor) -> torch.Tensor:
+    """The float32 code layout (biased) for float64 values, plus 4096/4097 for finite |x| >= 2^128."""
+    m, e = torch.frexp(x)
+    big = e.to(torch.int64) + 126  # biased float32 exponent of floor(log2|x|)
+    pos = 2048 * (~torch.signbit(x)).to(torch.int64)
+    code = big.clamp(0, 254) * 8 + ((m.abs() * 16).to(torch.int64) - 8).clamp(0, 7)
+    code = torch.where(big < 1, torch.zeros_like(code), code) + pos
+    code = torch.where(big > 254, 4097 - pos // 2048, code)
+    code = torch.where(x == 0, pos, code)
+    code = torch.where(torch.isinf(x), 255 * 8 + pos, code)
+    return torch.where(torch.isnan(x), torch.full_like(code, 255 * 8 + 4), code)
+
+
+def _shift_into_int16() -> bool:
+    """Whether an int32 shift written into an int16 ``out=`` is computed in int32 first."""
+    probe = torch.tensor([0x40000000], dtype=torch.int32)
+    return torch.bitwise_right_shift(probe, 20, out=torch.empty(1, dtype=torch.int16)).item() == 1024
+
+
+_NARROW_CODES = _shift_into_int16()
+
+
+def _count_gpu(codes: torch.Tensor, nonzero: torch.Tensor, bias: int, bins: int) -> torch.Tensor:
+    """Histogram of the nonzero values' ``codes + bias``, without a host synchronisation.
+
+    torch.bincount reads its max on the host and index_add_'s global atomics serialise on
+    the zero bin; histc counts in shared memory and ignores values outside [min, max], so
+    zeros (already counted exactly) become 0 and fall below min=1. Chunks of 2^24 keep the
+    float32 counts exact.
+    """
+    f = torch.empty(codes.shape, dtype=nonzero.dtype, device=codes.device)
+    f = torch.add(codes, bias + 1, out=f).mul_(nonzero)
+    parts = [torch.histc(c, bins, 1, bins + 1) for c in _flat(f).split(_EXACT_F32)]
+    return parts[0] if len(parts) == 1 else torch.stack(parts).to(torch.float64).sum(0)
+
+
+def _count(codes: torch.Tensor, bins: int, bias: int) -> torch.Tensor:
+    """Histogram of ``codes + bias`` (in [0, bins)) on the CPU; ``codes`` is modified."""
+    n = codes.numel()
+    if n >= 8 * bins * _SUBHISTS:
+        # Interleaved sub-histograms: neighbouring values often share a code, and repeated
+        # increments of one counter stall the CPU; eight counters per code avoid it.
+        head = codes[: n - n % _SUBHISTS].view(-1, _SUBHISTS)
+        head.add_(torch.arange(bias, bias + _SUBHISTS * bins, bins, dtype=codes.dtype))
+        if n % _SUBHISTS:
+            codes[n - n % _SUBHISTS:].add_(bias)
+        return torch.bincount(codes, minlength=bins * _SUBHISTS).view(_SUBHISTS, bins).sum(0)
+    return torch.bincount(codes.add_(bias) if bias else codes, minlength=bins)
+
+
+def _histogram(x: torch.Tensor, nonzero: torch.Tensor) -> torch.Tensor:
+    """Counts of the 12-bit codes (sign, exponent, 3 mantissa bits) of float32 or float64 ``x``."""
+    cpu = x.device.type == "cpu"
+    if x.dtype == torch.float64:
+        codes, bins, bias = _codes64(x), _CODES + 2, 0
+    else:  # an arithmetic shift of the bits gives the code minus 2048
+        narrow = cpu and _NARROW_CODES  # int16 halves the traffic; 8 x 4096 sub-histogram codes fit
+        out = torch.empty(x.shape, dtype=torch.int16, device=x.device) if narrow else None
+        codes, bins, bias = torch.bitwise_right_shift(x.view(torch.int32), 20, out=out), _CODES, 2048
+    return _count(_flat(codes), bins, bias) if cpu else _count_gpu(codes, nonzero, bias, bins)
+
+
+def _nonzero(nz: torch.Tensor, unit_dim: int | None) -> tuple[int | None, torch.Tensor]:
+    """Nonzero counts per unit (or in total) from a 0/1 float tensor; exact in float32 below 2^24."""
+    units = None if unit_dim is None else nz.shape[unit_dim]
+    wide = torch.float64 if nz.numel() // (units or 1) >= _EXACT_F32 else None
+    if units is None:
+        return None, nz.sum(dtype=wide).reshape(1)
+    dims = [d for d in range(nz.dim()) if d != unit_dim % nz.dim()]
+    return units, nz.sum(dims, dtype=wide)
+
+
+def _measure(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | None) -> _Pending:
+    """Queue the reductions for one floating tensor; nothing leaves the device."""
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()  # exact for fp16, bf16 and fp8
+    gpu = x.device.type != "cpu"
+    if gpu:  # one Welford pass
+        var, mean = torch.var_mean(x, correction=0)
+    else:  # var_mean takes a slow generic path on the CPU; var alone is fast and exact to ~1e-8
+        mean, var = x.mean(), torch.var(x, correction=0)
+    lo, hi = torch.aminmax(x)
+    nz = torch.ne(x, 0, out=torch.empty_like(x))
+    units, nonzero = _nonzero(nz, unit_dim)
+    hist = _histogram(x, nz)
+    scal = [mean, var, lo, hi]
+    if band is not None:  # |y - centre| > level * half_width; reuses nz's memory, after the histogram
+        dev = torch.sub(x, band[0], out=nz).abs_() if band[0] else torch.abs(x, out=nz)
+        scal.append(torch.gt(dev, SATURATION_LEVEL * band[1], out=dev).sum())
+    return _Pending((torch.stack(scal), hist, nonzero), x.numel(), units, band is not None, not gpu)
+
+
+class StatsAccumulator:
+    """Collects statistics of many tensors on their devices; moves them to the host at once.
+
+    Nothing here reads a tensor value on the host, so it is safe inside forward hooks and
+    tensor hooks: no synchronisation, no copy of the activation kept after :meth:`add`.
+
+    Examples:
+        >>> import torch
+        >>> acc = StatsAccumulator()
+        >>> acc.add("a", torch.ones(3))
+        >>> acc.add("b", torch.zeros(2, 4), unit_dim=1)
+        >>> [(k, s.count, s.zeros) for k, s in acc.to_host()]
+        [('a', 3, 0), ('b', 8, 8)]
+    """
+
+    def __init__(self) -> None:
+        self._items: list[tuple[Hashable, _Pending | Stats]] = []
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, key: Hashable, x: torch.Tensor, *, unit_dim: int | None = None,
+            saturation: tuple[float, float] | None = None) -> None:
+        """Queue the statistics of a floating tensor under ``key``.
+
+        Args:
+            key: any hashable label, returned by :meth:`to_host`.
+            x: a floating tensor; it is not kept.
+            unit_dim: dimension that indexes units (channels, features); None for no units.
+            saturation: (centre, half_width) of a bounded activation's range, or None.
+        """
+        x = x.detach()
+        if not x.is_floating_point():
+            raise TypeError(f"statistics need a floating tensor, got {x.dtype}")
+        if x.dim() < 2:
+            unit_dim = None
+        if x.numel() == 0:
+            units = None if unit_dim is None else x.shape[unit_dim]
+            self._items.append((key, Stats.empty(units, saturation is not None)))
+            return
+        self._items.append((key, _measure(x, unit_dim, saturation)))
+
+    def to_host(self) -> list[tuple[Hashable, Stats]]:
+        """Move everything to the host (one transfer per device), decode, and clear."""
+        items, self._items = self._items, []
+        done = {i: s for i, (_, s) in enumerate(items) if isinstance(s, Stats)}
+        by_dev: dict[torch.device, list[int]] = {}
+        for i, (_, p) in enumerate(items):
+            if isinstance(p, _Pending):
+                by_dev.setdefault(p.parts[0].device, []).append(i)
+        for idx in by_dev.values():
+            group = [items[i][1] for i in idx]
+            done.update(zip(idx, _decode(*_transfer(group), group)))
+        return [(key, done[i]) for i, (key, _) in enumerate(items)]
+
+
+def _transfer(group: list[_Pending]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """One device-to-host copy of a group's numbers: scalars [L, 5], raw codes, nonzero counts."""
+    scal = [torch.nn.functional.pad(p.parts[0], (0, 5 - p.parts[0].numel())) for p in group]
+    pieces = [torch.stack([s.to(torch.float64) for s in scal]).reshape(-1)]
+    for k in (1, 2):  # cat per dtype, then widen once
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for p in group:
+            by_dtype.setdefault(p.parts[k].dtype, []).append(p.parts[k])
+        pieces += [torch.cat(ts).to(torch.float64) for ts in by_dtype.values()]
+    flat = torch.cat(pieces).cpu().numpy()
+    n, at = len(group), 5 * len(group)
+    raw, nonzero = np.zeros((n, _CODES + 2)), [np.empty(0)] * n
+    for k in (1, 2):
+        for dtype in dict.fromkeys(p.parts[k].dtype for p in group):
+            for i, p in enumerate(group):
+                if p.parts[k].dtype == dtype:
+                    m = p.parts[k].numel()
+                    if k == 1:
+                        raw[i, :m] = flat[at:at + m]
+                    else:
+                        nonzero[i] = np.rint(flat[at:at + m]).astype(np.int64)
+                    at += m
+    return flat[:5 * n].reshape(n, 5), np.rint(raw).astype(np.int64), nonzero
+
+
+def _decode(scal: np.ndarray, raw: np.ndarray, nonzero: list[np.ndarray], group: list[_Pending]) -> list[Stats]:
+    """Turn the transferred numbers back into Stats, all tensors of a group at once."""
+    counts = np.array([p.count for p in group])
+    zeros = counts - np.array([nz.sum() for nz in nonzero])
+    signed = raw[:, :_CODES].reshape(-1, 2, 256, 8)
+    fine = signed.sum(1)  # [tensor, biased exponent, 3 mantissa bits]
+    octaves = fine[:, 1:255].sum(-1)
+    binned = zeros * np.array([p.zeros_binned for p in group])  # the GPU histogram leaves zeros out
+    tiny = fine[:, 0].sum(-1) - binned
+    huge = raw[:, _CODES] + raw[:, _CODES + 1]
+    nan = fine[:, 255, 1:].sum(-1)
+    neginf, posinf = signed[:, 0, 255, 0], signed[:, 1, 255, 0]
+    hist = np.concatenate([zeros[:, None], tiny[:, None], octaves, huge[:, None],
+                           (nan + posinf + neginf)[:, None]], axis=1)
+    # below[:, j]: nonzero |x| < 2^(j - 126); above[:, c]: finite codes >= c, c = exponent * 8 + bits
+    zero_col = np.zeros((len(group), 1), np.int64)
+    below = tiny[:, None] + np.concatenate([zero_col, octaves.cumsum(1)], axis=1)
+    above = np.concatenate([fine.reshape(-1, 2048)[:, :255 * 8][:, ::-1].cumsum(1)[:, ::-1], zero_col], axis=1)
+    norm, sub, code, fmax = (_FMT[:, k] for k in range(4))
+    flush = np.where(sub >= -126, below[:, np.maximum(sub, -126).astype(int) + 126], (fine[:, 0, 0] - binned)[:, None])
+    over = above[:, code.astype(int)] + huge[:, None]
+    fmt = np.stack([below[:, norm.astype(int) + 126], flush, over], axis=-1)
+    m2 = scal[:, 1] * counts
+    return [Stats(int(p.count), float(scal[i, 0]), float(m2[i]), float(scal[i, 2]), float(scal[i, 3]),
+                  int(zeros[i]), int(nan[i]), int(posinf[i]), int(neginf[i]), hist[i], fmt[i],
+                  nonzero[i] if p.units is not None else None, int(round(scal[i, 4])) if p.sat else None)
+            for i, p in enumerate(group)]
+
+
+def tensor_stats(x: torch.Tensor, *, unit_dim: int | None = None,
+                 saturation: tuple[float, float] | None = None) -> Stats:
+    """Statistics of one floating tensor (a convenience over :class:`StatsAccumulator`).
+
+    Args:
+        x: floating tensor of any shape, on any device.
+        unit_dim: dimension indexing units, e.g. 1 for (batch, channels, H, W) or -1 for
+            (batch, tokens, features); None for no per-unit counts.
+        saturation: (centre, half_width) of a bounded activation, e.g. (0, 1) for tanh.
+
+    Returns:
+        The :class:`Stats` of ``x``.
+
+    Examples:
+        >>> import torch
+        >>> s = tensor_stats(torch.tensor([1e-6, 7e4, float("nan"), 0.0]))
+        >>> s.nan, s.zeros, s.underflow_frac["fp16"], s.overflow_frac["fp16"]
+        (1, 1, 0.25, 0.25)
+    """
+    acc = StatsAccumulator()
+    acc.add(None, x, unit_dim=unit_dim, saturation=saturation)
+    return acc.to_host()[0][1]

@@ -1,0 +1,144 @@
+"""Recorder: which steps it records, the bounded history, hook hygiene, run-level findings."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from initscope.errors import ArgumentError, ModelError
+from initscope.recorder import STATS, Recorder
+from initscope.stats import tensor_stats
+
+
+def net_and_opt(seed: int = 0):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
+    return net, torch.optim.SGD(net.parameters(), lr=0.05)
+
+
+def train(net, opt, rec=None, steps=6, batch=None, micro=1, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        opt.zero_grad()
+        for _ in range(micro):
+            x = torch.randn(32, 4, generator=g) if batch is None else batch
+            net(x).pow(2).mean().backward()
+        opt.step()
+        if rec is not None:
+            rec.step()
+
+
+def hooks(net) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in net.modules()) + sum(
+        len(p._backward_hooks or {}) for p in net.parameters())
+
+
+def test_records_every_nth_step_in_long_format():
+    net, opt = net_and_opt()
+    with Recorder(net, every=3) as rec:
+        train(net, opt, rec, steps=7)
+    rows = rec.history
+    assert sorted({r.step for r in rows}) == [0, 3, 6] and rec.step_count == 7
+    assert {r.phase for r in rows} == {"forward", "backward", "param", "grad"}
+    assert {r.stat for r in rows} <= set(STATS)
+    [mean0] = [r.value for r in rows if (r.step, r.layer, r.phase, r.stat) == (0, "1", "forward", "mean")]
+    assert mean0 > 0  # ReLU output
+    assert not [r for r in rows if r.stat == "dead_frac" and r.phase == "param"]  # NaN stats are left out
+
+
+def test_recorded_values_equal_the_tensor_statistics():
+    net, opt = net_and_opt()
+    x = torch.randn(32, 4)
+    with Recorder(net) as rec:
+        train(net, opt, rec, steps=1, batch=x)
+    ref_net, _ = net_and_opt()
+    ref = tensor_stats(ref_net[1](ref_net[0](x)), unit_dim=-1)
+    got = {r.stat: r.value for r in rec.history if (r.layer, r.phase) == ("1", "forward")}
+    assert got["mean"] == pytest.approx(ref.mean) and got["zero_frac"] == ref.zero_frac
+
+
+def test_no_hooks_on_steps_it_does_not_record_nor_after_exit():
+    net, opt = net_and_opt()
+    with Recorder(net, every=2) as rec:
+        assert hooks(net) > 0
+        train(net, opt, rec, steps=1)
+        assert hooks(net) == 0  # step 1 is not recorded: nothing registered at all
+        train(net, opt, rec, steps=1)
+        assert hooks(net) > 0
+    assert hooks(net) == 0
+    with pytest.raises(RuntimeError, match="inside"):
+        with Recorder(net) as rec:
+            raise RuntimeError("inside")
+    assert hooks(net) == 0
+
+
+def test_training_is_unchanged_by_recording():
+    a, opt_a = net_and_opt()
+    b = copy.deepcopy(a)
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.05)
+    train(a, opt_a, steps=4)
+    with Recorder(b) as rec:
+        train(b, opt_b, rec, steps=4)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_histograms_over_time():
+    net, opt = net_and_opt()
+    with Recorder(net, every=2) as rec:
+        train(net, opt, rec, steps=6)
+    steps, counts = rec.histograms("1")
+    assert steps.tolist() == [0, 2, 4] and counts.shape == (3, 258)
+    assert (counts.sum(1) == 32 * 16).all() and counts[:, 0].min() > 0  # the ReLU's zeros
+    _, grads = rec.histograms("0", "backward")
+    assert grads.shape == (3, 258)
+    with pytest.raises(KeyError):
+        rec.histograms("nope")
+
+
+def test_history_is_bounded_and_thins_evenly():
+    net, opt = net_and_opt()
+    with Recorder(net, max_rows=400) as rec:
+        train(net, opt, rec, steps=30)
+    rows = rec.history
+    steps = sorted({r.step for r in rows})
+    assert len(rows) <= 400 and steps[0] == 0 and steps[-1] == 29
+    assert len(rec.histograms("1")[0]) == len(steps)
+
+
+def test_micro_batches_in_one_step_are_merged():
+    net, opt = net_and_opt()
+    with Recorder(net) as rec:
+        train(net, opt, rec, steps=1, micro=3)
+    assert rec.trace.layer("1").forward.count == 3 * 32 * 16
+    assert rec.trace.layer("1").backward.count == 3 * 32 * 16
+
+
+def test_run_level_trace_merges_steps():
+    net, opt = net_and_opt()
+    with Recorder(net, every=1) as rec:
+        train(net, opt, rec, steps=5)
+    r = rec.trace.layer("0")
+    assert r.forward.count == 5 * 32 * 16 and r.weight_layer
+    per_step = [v.value for v in rec.history if (v.layer, v.phase, v.stat) == ("0", "forward", "mean")]
+    assert r.forward.mean == pytest.approx(np.mean(per_step))
+
+
+def test_findings_name_the_step_where_values_turn_nonfinite():
+    net, opt = net_and_opt()
+    with Recorder(net) as rec:
+        train(net, opt, rec, steps=3)
+        with torch.no_grad():
+            net[0].weight[0, 0] = float("nan")
+        train(net, opt, rec, steps=1)
+    [f] = [f for f in rec.findings if f.kind == "nonfinite"]
+    assert f.severity == "error" and "step 3" in f.message
+
+
+def test_bad_arguments():
+    net, _ = net_and_opt()
+    with pytest.raises(ArgumentError, match="every"):
+        Recorder(net, every=0)
+    with pytest.raises(ModelError):
+        Recorder(object())  # type: ignore[arg-type]
