@@ -30,6 +30,7 @@ from initscope.initialize import initialize, plan
 from initscope.initplan import InitPlan, PlanRow, Untouched
 from initscope.layer import BlockInit, LayerInit, init_layer_
 from initscope.diagnose import Finding, Thresholds, diagnose, diagnose_run
+from initscope.lsuv import LsuvLayer, LsuvReport, lsuv
 from initscope.moments import Moments, gain, moments
 from initscope.probe import Trace, probe
 from initscope.recorder import Recorder
@@ -45,6 +46,7 @@ __all__ = [
     "init", "init_layer_", "LayerInit", "BlockInit", "zoo",
     # whole model
     "initialize", "plan", "InitPlan", "PlanRow", "Untouched", "discover", "Graph",
+    "lsuv", "LsuvReport", "LsuvLayer",
     # observation
     "probe", "Trace", "Stats", "StatsAccumulator", "tensor_stats", "Finding", "Thresholds", "diagnose",
     "diagnose_run", "Recorder",
