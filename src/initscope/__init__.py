@@ -10,7 +10,7 @@ Examples:
 """
 from __future__ import annotations
 
-from initscope import init, zoo
+from initscope import experiments, init, theory, zoo
 from initscope.errors import (
     ActivationError,
     DiscoveryWarning,
@@ -35,6 +35,17 @@ from initscope.moments import Moments, gain, moments
 from initscope.probe import Trace, probe
 from initscope.recorder import Recorder
 from initscope.stats import Stats, StatsAccumulator, tensor_stats
+from initscope.theory import (
+    Band,
+    Propagation,
+    chi1,
+    correlation_map,
+    critical_sigma_w2,
+    depth_scale,
+    finite_width_band,
+    fixed_point,
+    propagate,
+)
 
 __version__ = "0.1.0"
 
@@ -50,6 +61,9 @@ __all__ = [
     # observation
     "probe", "Trace", "Stats", "StatsAccumulator", "tensor_stats", "Finding", "Thresholds", "diagnose",
     "diagnose_run", "Recorder",
+    # theory and experiments
+    "theory", "propagate", "Propagation", "fixed_point", "chi1", "correlation_map", "depth_scale",
+    "critical_sigma_w2", "finite_width_band", "Band", "experiments",
     # errors
     "InitscopeError", "UnknownActivationError", "ActivationError", "UnknownOptionError", "ArgumentError",
     "ShapeError", "LayerError", "ModelError", "ForwardError", "LossError", "DiscoveryWarning",

@@ -1,0 +1,477 @@
+"""Mean-field predictions for deep networks at init, and finite-width bands beside them.
+
+A net has widths n_0 (input), n_1, ..., n_L, weights W_l ~ N(0, sigma_w2 / n_{l-1})
+(sigma_w2 per fan-in normalised) and biases ~ N(0, sigma_b2). Pre-activations are
+f_l = W_l h_{l-1} + b_l with h_0 = x and h_l = phi(f_l). Mean-field theory (Poole et al.
+2016; Schoenholz et al. 2017) treats every f_l as Gaussian:
+
+    q_1 = sigma_w2 q_0 + sigma_b2                  q_0 = mean square of the raw input
+    q_l = sigma_w2 E[phi(sqrt(q_{l-1}) z)^2] + sigma_b2                        (length map)
+    E[dL/df_l^2] = chi_l E[dL/df_{l+1}^2],  chi_l = sigma_w2 n_{l+1} E[phi'(f_l)^2] / n_l
+
+For ReLU each layer multiplies q by sigma_w2 / 2 = D_h s2 / 2 (s2 the raw weight variance).
+At finite width the measured mean square fluctuates from net to net; for ReLU with zero
+biases its law is exact (Hanin & Rolnick 2018) and :func:`finite_width_band` gives it.
+
+Examples:
+    >>> round(critical_sigma_w2("relu"), 9)
+    2.0
+    >>> p = propagate([100] * 4, "relu", 2.0)
+    >>> p.q.tolist()
+    [2.0, 2.0, 2.0]
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from statistics import NormalDist
+from typing import Literal, Union
+
+import numpy as np
+import torch
+
+from initscope.activations import Activation, resolve
+from initscope.errors import ArgumentError, UnknownOptionError, choices_message
+from initscope.moments import ActivationLike, moments
+
+__all__ = [
+    "Propagation", "propagate", "fixed_point", "chi1", "correlation_map", "depth_scale",
+    "critical_sigma_w2", "Band", "finite_width_band",
+]
+
+PerLayer = Union[float, Sequence[float]]
+_Q_MIN, _Q_MAX = 1e-100, 1e100  # fixed points beyond these are reported as 0 and inf
+_Z, _PANEL, _ORDER = 10.0, 0.5, 12  # 2-D rule: z in [-10, 10] (mass outside < 2e-23)
+
+
+@dataclass(frozen=True)
+class Propagation:
+    """Mean-field moments per layer l = 1..L (arrays of length L).
+
+    Attributes:
+        widths: (n_0, ..., n_L).
+        q: E[f_l^2], the pre-activations' second moment (their variance: the mean is 0).
+        mean, second, deriv_second: E[h_l], E[h_l^2], E[phi'(f_l)^2] of h_l = phi(f_l).
+        chi: length L - 1; chi[l] = E[dL/df_l^2] / E[dL/df_{l+1}^2] (0-based layers).
+        grad: E[dL/df_l^2], with ``grad[-1] = grad_out``.
+    """
+
+    widths: tuple[int, ...]
+    q: np.ndarray
+    mean: np.ndarray
+    second: np.ndarray
+    deriv_second: np.ndarray
+    chi: np.ndarray
+    grad: np.ndarray
+
+    @property
+    def variance(self) -> np.ndarray:
+        """Var[h_l] = E[h_l^2] - E[h_l]^2."""
+        return self.second - self.mean**2
+
+    @property
+    def factor(self) -> np.ndarray:
+        """q_l / q_{l-1} for l = 2..L: D_h s2 / 2 = sigma_w2 / 2 per layer for ReLU."""
+        return self.q[1:] / self.q[:-1]
+
+
+def _widths(widths: Sequence[int]) -> tuple[int, ...]:
+    out = tuple(widths)
+    if len(out) < 2 or not all(isinstance(n, (int, np.integer)) and n >= 1 for n in out):
+        raise ArgumentError(f"widths must be (n_0, n_1, ..., n_L): at least 2 whole numbers >= 1; got {widths!r}")
+    return tuple(int(n) for n in out)
+
+
+def _per_layer(value: PerLayer, layers: int, name: str) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim > 1 or (arr.ndim == 1 and arr.size != layers):
+        raise ArgumentError(f"{name} must be a number or a list of {layers} (one per layer); got {value!r}")
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise ArgumentError(f"{name} must be finite and >= 0; got {value!r}")
+    return np.broadcast_to(arr, (layers,)).copy()
+
+
+def _number(value: float, name: str) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ArgumentError(f"{name} must be a finite number >= 0; got {value!r}")
+    return float(value)
+
+
+def propagate(widths: Sequence[int], activation: ActivationLike, sigma_w2: PerLayer,
+              sigma_b2: PerLayer = 0.0, q0: float = 1.0, *, grad_out: float = 1.0) -> Propagation:
+    """Predicted per-layer moments of a deep net by the length map and its backward twin.
+
+    Args:
+        widths: (n_0, n_1, ..., n_L); n_0 is the input size.
+        activation: anything :func:`initscope.moments` accepts.
+        sigma_w2: weight variance times fan-in, one number or one per layer.
+        sigma_b2: bias variance, one number or one per layer.
+        q0: mean square of the raw input (the first layer is fed by data, not by phi).
+        grad_out: E[dL/df_L^2] at the last layer, where the backward recursion starts.
+
+    Returns:
+        A :class:`Propagation`. Values beyond float64's range come out as inf.
+
+    Raises:
+        ArgumentError: bad widths, a negative or non-finite variance, or a list of the wrong length.
+
+    Examples:
+        >>> p = propagate([100] * 51, "relu", 100 * 0.001)  # the textbook's s2 = 0.001
+        >>> round(float(p.factor[0]), 12), f"{p.q[-1]:.3g}"
+        (0.05, '1.78e-65')
+    """
+    n = _widths(widths)
+    layers = len(n) - 1
+    sw, sb = _per_layer(sigma_w2, layers, "sigma_w2"), _per_layer(sigma_b2, layers, "sigma_b2")
+    act = resolve(activation)
+    q = np.empty(layers)
+    rows = np.full((layers, 3), np.nan)
+    prev = _number(q0, "q0")
+    for l in range(layers):
+        q[l] = float(sw[l]) * prev + float(sb[l])  # Python floats: overflow gives inf, quietly
+        if not math.isfinite(q[l]):
+            q[l:] = math.inf
+            break
+        m = moments(act, float(q[l]))
+        rows[l] = m.mean, m.second, m.deriv_second
+        prev = m.second
+    sizes = np.asarray(n, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        chi = sw[1:] * sizes[2:] / sizes[1:-1] * rows[:-1, 2]
+        grad = np.append(np.cumprod(chi[::-1])[::-1], 1.0) * _number(grad_out, "grad_out")
+    return Propagation(n, q, rows[:, 0], rows[:, 1], rows[:, 2], chi, grad)
+
+
+# ------------------------------------------------------------ fixed points and chi
+
+def _root(f: Callable[[float], float], a: float, b: float, *, tol: float = 1e-13, maxiter: int = 200) -> float:
+    """A root of f in [a, b] (f(a), f(b) of opposite signs) by Illinois false position."""
+    fa, fb = f(a), f(b)
+    side, c = 0, a
+    for _ in range(maxiter):
+        if fa == 0 or fb == 0:
+            return a if fa == 0 else b
+        c = (a * fb - b * fa) / (fb - fa)
+        fc = f(c)
+        if fc == 0 or abs(b - a) <= tol * max(1.0, abs(c)):
+            return c
+        if (fc > 0) == (fb > 0):
+            b, fb = c, fc
+            fa, side = (fa / 2 if side == -1 else fa), -1
+        else:
+            a, fa = c, fc
+            fb, side = (fb / 2 if side == 1 else fb), 1
+    return c
+
+
+def fixed_point(activation: ActivationLike, sigma_w2: float, sigma_b2: float = 0.0, *, q0: float = 1.0) -> float:
+    """q* = sigma_w2 E[phi(sqrt(q*) z)^2] + sigma_b2, the one the length map reaches from ``q0``.
+
+    Returns 0.0 when the map decays to 0 (below 1e-100) and ``math.inf`` when it grows
+    past 1e100. When every q is fixed (ReLU at sigma_w2 = 2, sigma_b2 = 0) returns ``q0``.
+
+    Examples:
+        >>> fixed_point("relu", 1.0, 0.5)  # sigma_b2 / (1 - sigma_w2/2)
+        1.0
+        >>> fixed_point("tanh", 0.5), fixed_point("relu", 3.0)
+        (0.0, inf)
+    """
+    sw, sb, q = _number(sigma_w2, "sigma_w2"), _number(sigma_b2, "sigma_b2"), _number(q0, "q0")
+    act = resolve(activation)
+    gap = lambda x: sw * moments(act, math.exp(x), derivative=False).second + sb - math.exp(x)  # noqa: E731
+    x = math.log(q or 1.0)
+    first = gap(x)
+    if first == 0:
+        return q or 1.0
+    step = math.log(10.0) if first > 0 else -math.log(10.0)
+    while gap(x + step) * first > 0:
+        x += step
+        if not math.log(_Q_MIN) <= x + step <= math.log(_Q_MAX):
+            return math.inf if step > 0 else 0.0
+    return math.exp(_root(gap, x, x + step))
+
+
+def _limit_q(q: float) -> float:
+    """Where to evaluate at a fixed point of 0 or inf: the limits q -> 0+ and q -> inf."""
+    return min(max(q, _Q_MIN), _Q_MAX)
+
+
+def chi1(activation: ActivationLike, sigma_w2: float, sigma_b2: float = 0.0, *, q: float | None = None) -> float:
+    """chi_1 = sigma_w2 E[phi'(sqrt(q*) z)^2]: the per-layer gradient factor at the fixed point.
+
+    chi_1 < 1 is the ordered phase (gradients vanish), > 1 the chaotic one (they explode).
+    ``q`` overrides q*; at q* = 0 or inf the limit is taken.
+
+    Examples:
+        >>> chi1("relu", 3.0)  # sigma_w2 / 2 for ReLU, whatever q
+        1.5
+    """
+    point = fixed_point(activation, sigma_w2, sigma_b2) if q is None else _number(q, "q")
+    return _number(sigma_w2, "sigma_w2") * moments(activation, _limit_q(point)).deriv_second
+
+
+def critical_sigma_w2(activation: ActivationLike, sigma_b2: float = 0.0, *,
+                      bracket: tuple[float, float] = (1e-2, 1e2)) -> float:
+    """The sigma_w2 on the order-to-chaos boundary, chi_1 = 1, by root finding on log sigma_w2.
+
+    Raises:
+        ArgumentError: chi_1 does not cross 1 inside ``bracket``.
+
+    Examples:
+        >>> round(critical_sigma_w2("tanh"), 6)
+        1.0
+    """
+    sb = _number(sigma_b2, "sigma_b2")
+    lo, hi = (math.log(b) for b in bracket)
+    f = lambda x: math.log(chi1(activation, math.exp(x), sb) or 1e-300)  # noqa: E731
+    if (f(lo) > 0) == (f(hi) > 0):
+        raise ArgumentError(
+            f"chi_1 does not cross 1 for sigma_w2 in {bracket} at sigma_b2 = {sb}; this activation may "
+            "have no order-to-chaos transition there: widen bracket=")
+    return math.exp(_root(f, lo, hi, tol=1e-14))
+
+
+# ------------------------------------------------------------ the correlation map
+
+@lru_cache(maxsize=8)
+def _legendre() -> tuple[np.ndarray, np.ndarray]:
+    return np.polynomial.legendre.leggauss(_ORDER)
+
+
+def _panels(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and N(0,1)-density weights over consecutive intervals of ``edges`` (rows, k),
+    each cut into panels of about _PANEL; returns arrays (rows, nodes)."""
+    x_ref, w_ref = _legendre()
+    count = int(math.ceil(2 * _Z / _PANEL))
+    t = (np.arange(count)[:, None] + (x_ref[None, :] + 1) / 2).ravel() / count  # (count*order,)
+    a, b = edges[:, :-1, None], edges[:, 1:, None]
+    z = (a + (b - a) * t).reshape(len(edges), -1)
+    w = ((b - a) / (2 * count) * np.tile(w_ref, count)).reshape(len(edges), -1)
+    return z, w * np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+
+def _split(points: np.ndarray) -> np.ndarray:
+    """Rows of sorted breakpoints, clipped to [-Z, Z], framed by -Z and Z."""
+    inner = np.clip(np.sort(points, axis=1), -_Z, _Z)
+    frame = np.full((len(points), 1), _Z)
+    return np.concatenate([-frame, inner, frame], axis=1)
+
+
+def _with_derivative(act: Activation, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = torch.tensor(u, dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        y = act.fn(x).to(torch.float64)
+        (dy,) = torch.autograd.grad(y.sum(), x, allow_unused=True)
+    return y.detach().numpy(), (np.zeros_like(u) if dy is None else dy.numpy())
+
+
+def _pair(act: Activation, q: float, c: float) -> tuple[float, float]:
+    """(E[phi(u1) phi(u2)], E[phi'(u1) phi'(u2)]) for (u1, u2) Gaussian, variance q, correlation c.
+
+    u1 = sqrt(q) z1, u2 = sqrt(q) (c z1 + s z2), s = sqrt(1 - c^2). The outer rule in z1
+    splits at phi's kinks; the inner rule in z2 splits, per z1, where u2 crosses a kink.
+    """
+    r, s = math.sqrt(q), math.sqrt(max(0.0, 1.0 - c * c))
+    kinks = np.asarray(act.kinks, dtype=np.float64)
+    z1, w1 = _panels(_split(kinks[None, :] / r))
+    z1, w1 = z1[0], w1[0]
+    p1, d1 = _with_derivative(act, r * z1)
+    if s == 0.0:
+        p2, d2 = _with_derivative(act, c * r * z1)
+        return float(np.sum(w1 * p1 * p2)), float(np.sum(w1 * d1 * d2))
+    z2, w2 = _panels(_split((kinks[None, :] / r - c * z1[:, None]) / s))
+    p2, d2 = _with_derivative(act, r * (c * z1[:, None] + s * z2))
+    w = w1[:, None] * w2
+    return float(np.sum(w * p1[:, None] * p2)), float(np.sum(w * d1[:, None] * d2))
+
+
+def correlation_map(activation: ActivationLike, c: float, sigma_w2: float, sigma_b2: float = 0.0, *,
+                    q: float | None = None) -> float:
+    """c_out = (sigma_w2 E[phi(u1) phi(u2)] + sigma_b2) / (sigma_w2 E[phi(u1)^2] + sigma_b2).
+
+    Two inputs whose pre-activations have second moment ``q`` (default: the fixed point
+    q*, or its limit) and correlation ``c`` leave the next layer with correlation c_out.
+    For ReLU with sigma_b2 = 0 this is the arc-cosine kernel of degree 1 (Cho & Saul 2009),
+    (sqrt(1 - c^2) + (pi - arccos c) c) / pi, whatever sigma_w2 and q.
+
+    Examples:
+        >>> round(correlation_map("relu", 0.0, 2.0), 12) == round(1 / math.pi, 12)
+        True
+    """
+    if not (isinstance(c, (int, float)) and -1.0 <= c <= 1.0):
+        raise ArgumentError(f"c must be a correlation in [-1, 1]; got {c!r}")
+    sw, sb = _number(sigma_w2, "sigma_w2"), _number(sigma_b2, "sigma_b2")
+    qq = _limit_q(fixed_point(activation, sw, sb) if q is None else _number(q, "q"))
+    act = resolve(activation)
+    cross, _ = _pair(act, qq, float(c))
+    return (sw * cross + sb) / (sw * moments(act, qq, derivative=False).second + sb)
+
+
+def depth_scale(activation: ActivationLike, sigma_w2: float, sigma_b2: float = 0.0) -> float:
+    """xi_c = -1 / ln(chi_c): the depth over which input correlations are forgotten.
+
+    chi_c = sigma_w2 E[phi'(u1) phi'(u2)] at (q*, c*), the slope of the correlation map at
+    its stable fixed point c* (Schoenholz et al. 2017, eq. 9). c* = 1 in the ordered phase
+    (chi_1 <= 1); in the chaotic phase c* < 1 is found by root finding on the map. Infinite
+    on the critical line, and wherever no stable c* < 1 exists although chi_1 > 1 (ReLU at
+    sigma_b2 = 0 and sigma_w2 > 2: correlations then approach 1 by a power law).
+
+    Examples:
+        >>> round(depth_scale("relu", 1.0, 0.1), 12) == round(1 / math.log(2), 12)
+        True
+    """
+    sw, sb = _number(sigma_w2, "sigma_w2"), _number(sigma_b2, "sigma_b2")
+    act = resolve(activation)
+    q = _limit_q(fixed_point(act, sw, sb))
+    slope = chi1(act, sw, sb, q=q)
+    if slope > 1 + 1e-9:
+        gap = lambda c: correlation_map(act, c, sw, sb, q=q) - c  # noqa: E731
+        top = 1 - 1e-6
+        if gap(top) >= 0:
+            return math.inf
+        star = 0.0 if gap(0.0) <= 1e-15 else _root(gap, 0.0, top, tol=1e-12)
+        slope = sw * _pair(act, q, star)[1]
+    return math.inf if abs(math.log(slope)) < 1e-12 else -1.0 / math.log(slope)
+
+
+# ------------------------------------------------------------ the finite-width band (ReLU)
+
+@lru_cache(maxsize=256)
+def _active_law(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """k = 1..n and P(K = k | K >= 1) for K ~ Binomial(n, 1/2), the ReLU's active units."""
+    k = torch.arange(1, n + 1, dtype=torch.float64)
+    logp = torch.lgamma(torch.tensor(n + 1.0)) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1) - n * math.log(2)
+    p = logp.exp().numpy()
+    return k.numpy(), p / p.sum()
+
+
+@lru_cache(maxsize=256)
+def _active_term(n: int) -> tuple[float, float]:
+    """Mean and variance of T(n) = ln chi2_K - ln(n/2), K ~ Bin(n, 1/2) | K >= 1 (exact).
+
+    E[ln chi2_k] = psi(k/2) + ln 2 and Var[ln chi2_k] = psi'(k/2); the law of total variance
+    adds the spread of psi(K/2) over K.
+    """
+    k, p = _active_law(n)
+    half = torch.from_numpy(k / 2)
+    psi, tri = torch.special.digamma(half).numpy(), torch.special.polygamma(1, half).numpy()
+    mean = float(np.sum(p * psi)) + math.log(2) - math.log(n / 2)
+    return mean, float(np.sum(p * tri) + np.sum(p * (psi - np.sum(p * psi)) ** 2))
+
+
+def _full_term(n: int) -> tuple[float, float]:
+    """Mean and variance of U(n) = ln chi2_n - ln n (a layer's pre-activations, all n units)."""
+    half = torch.tensor(n / 2, dtype=torch.float64)
+    return float(torch.special.digamma(half)) + math.log(2 / n), float(torch.special.polygamma(1, half))
+
+
+@dataclass(frozen=True)
+class Band:
+    """Quantiles over random weight draws of a per-layer mean square, layers l = 1..L.
+
+    ``direction="forward"``: q_l = |f_l|^2 / n_l for one input with |x|^2 / n_0 = q0.
+    ``direction="backward"``: g_l / g_L with g_l = |dL/df_l|^2 / n_l, relative to the last layer.
+
+    Attributes:
+        mean_field: the mean-field value (:func:`propagate`).
+        log_mean, log_std: mean and std of ln(value / mean_field).
+        lower, median, upper: the (1-level)/2, 1/2 and (1+level)/2 quantiles of the value.
+    """
+
+    direction: str
+    level: float
+    method: str
+    mean_field: np.ndarray
+    log_mean: np.ndarray
+    log_std: np.ndarray
+    lower: np.ndarray
+    median: np.ndarray
+    upper: np.ndarray
+
+    @property
+    def decades(self) -> np.ndarray:
+        """The band's width in powers of ten, log10(upper / lower), per layer."""
+        return np.log10(self.upper / self.lower)
+
+
+def _sampled(n: tuple[int, ...], direction: str, samples: int, seed: int) -> np.ndarray:
+    """Deviations ln(value / mean_field), Monte Carlo of the per-layer law: (samples, L)."""
+    rng = np.random.default_rng(seed)
+    hidden = n[1:-1]
+    terms = np.empty((samples, len(hidden)))
+    for j, width in enumerate(hidden):
+        k, p = _active_law(width)
+        terms[:, j] = np.log(rng.chisquare(rng.choice(k, size=samples, p=p))) - math.log(width / 2)
+    if direction == "backward":
+        return np.concatenate([np.cumsum(terms[:, ::-1], axis=1)[:, ::-1], np.zeros((samples, 1))], axis=1)
+    full = np.stack([np.log(rng.chisquare(w, size=samples) / w) for w in n[1:]], axis=1)
+    return np.concatenate([np.zeros((samples, 1)), np.cumsum(terms, axis=1)], axis=1) + full
+
+
+def finite_width_band(widths: Sequence[int], sigma_w2: PerLayer = 2.0, q0: float = 1.0, *,
+                      direction: Literal["forward", "backward"] = "forward", level: float = 0.90,
+                      method: Literal["normal", "sampled"] = "normal", samples: int = 20_000,
+                      seed: int = 0) -> Band:
+    """The spread of a ReLU net's per-layer mean square over random Gaussian weights, zero biases.
+
+    Forward (exact; Hanin & Rolnick 2018): given h_{l-1}, f_l has n_l i.i.d. N(0, sigma_w2
+    |h_{l-1}|^2 / n_{l-1}) entries, of which K_l ~ Binomial(n_l, 1/2) survive the ReLU, so
+
+        ln(q_l / q_l^MF) = sum_{k<l} [ln chi2_{K_k} - ln(n_k / 2)] + [ln chi2_{n_l} - ln n_l],
+
+    independent terms (rotation invariance), whatever sigma_w2: a larger sigma_w2 only shifts
+    the band by ln(sigma_w2 / 2) per layer. K = 0 (probability 2^-n, a dead layer) is left out.
+
+    Backward (an approximation): each layer back multiplies |dL/df|^2 by (sigma_w2 / n_l)
+    chi2_{K_l}, with K_l ~ Bin(n_l, 1/2) drawn independently of the weights, the gradient
+    independence assumption of Schoenholz et al. 2017; so ln(g_l / g_L) is the sum of the
+    same terms over layers l..L-1. The per-input read-out factor at the top is left out.
+
+    ``method="normal"`` adds the terms' exact means and variances (digamma, trigamma) and
+    takes normal quantiles: deterministic, and close where the sum is near normal (its skewness
+    is -0.14 at layer 1, -0.09 at layer 10 and -0.04 at layer 50 for width 100, but -0.3 to
+    -0.75 for width 16). ``method="sampled"`` draws ``samples`` Monte Carlo values of the
+    per-layer law (exact up to Monte Carlo error; use it for narrow nets).
+
+    Args:
+        widths: (n_0, n_1, ..., n_L). sigma_w2: weight variance times fan-in, one or per layer.
+        q0: the input's mean square. level: central probability between lower and upper.
+
+    Raises:
+        ArgumentError: bad widths or variances, a level outside (0, 1), samples < 2.
+        UnknownOptionError: an unknown direction or method.
+
+    Examples:
+        >>> band = finite_width_band([100] * 51, 2.0)
+        >>> f"{band.decades[-1]:.2f}", f"{band.median[-1]:.2f}"  # vs the mean-field q_L = 2
+        ('2.29', '0.57')
+    """
+    for value, name, known in ((direction, "direction", ("forward", "backward")),
+                               (method, "method", ("normal", "sampled"))):
+        if value not in known:
+            raise UnknownOptionError(choices_message(name, value, known))
+    if not 0 < level < 1 or samples < 2:
+        raise ArgumentError(f"level must be in (0, 1) and samples >= 2; got level={level!r}, samples={samples!r}")
+    n = _widths(widths)
+    mf = propagate(n, "relu", sigma_w2, 0.0, q0)
+    mean_field = mf.q if direction == "forward" else mf.grad / mf.grad[-1]
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    if method == "sampled":
+        dev = _sampled(n, direction, samples, seed)
+        mean, std = dev.mean(axis=0), dev.std(axis=0)
+        lo, mid, hi = np.quantile(dev, [(1 - level) / 2, 0.5, (1 + level) / 2], axis=0)
+    else:
+        t = np.array([_active_term(w) for w in n[1:-1]]).reshape(-1, 2)
+        if direction == "forward":
+            u = np.array([_full_term(w) for w in n[1:]])
+            mean = np.concatenate([[0.0], np.cumsum(t[:, 0])]) + u[:, 0]
+            var = np.concatenate([[0.0], np.cumsum(t[:, 1])]) + u[:, 1]
+        else:
+            mean = np.append(np.cumsum(t[::-1, 0])[::-1], 0.0)
+            var = np.append(np.cumsum(t[::-1, 1])[::-1], 0.0)
+        std = np.sqrt(var)
+        lo, mid, hi = mean - z * std, mean, mean + z * std
+    return Band(direction, level, method, mean_field, mean, std,
+                mean_field * np.exp(lo), mean_field * np.exp(mid), mean_field * np.exp(hi))
