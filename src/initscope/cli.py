@@ -1,22 +1,50 @@
 """The ``initscope`` command: a thin layer over the public API.
 
-Exit codes: 0 success, 2 bad usage (an unknown activation, a bad number).
-``main(argv, out=...)`` takes its output stream as an argument so tests can read it.
+Subcommands: ``gain`` (moments and gains of an activation), ``probe SPEC`` (a layer table and
+findings), ``init SPEC`` (the InitPlan), ``demo`` (the guided tour, what ``make demo`` runs),
+``experiment NAME`` (:mod:`initscope.experiments.cli`).
+
+A SPEC names a model: ``zoo:NAME[?key=value&...]`` (a built-in model, e.g.
+``zoo:mlp?depth=50&width=100``; ``batch`` (default 32), ``seed`` and ``size`` shape its
+example input), ``path/to/file.py:factory`` or ``package.module:factory``. The factory takes
+no arguments and returns a model, or a ``(model, example_input)`` pair.
+
+Exit codes:
+    0  success (``probe``: no finding at or above the ``--fail-on`` level).
+    1  ``probe``: findings reached the ``--fail-on`` level (default: error).
+    2  bad usage: an unknown option, a SPEC that does not resolve, a factory that raises, an
+       input the model rejects, an output path that cannot be written. One line on stderr;
+       ``--debug`` adds the traceback.
+    3  an unexpected error inside initscope (a bug: rerun with ``--debug`` and report it).
+
+``main(argv, out=..., err=..., width=..., color=..., tty=...)`` takes its streams and terminal
+settings as arguments, so tests get stable text.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import inspect
+import json
+import os
 import sys
-from typing import TextIO
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import parse_qsl
 
 from initscope import __version__
 from initscope.activations import ACTIVATIONS
-from initscope.errors import InitscopeError
+from initscope.errors import ArgumentError, ForwardError, InitscopeError, ModelError
+from initscope.experiments.cli import add_parser as add_experiment_parser
 from initscope.moments import moments, torch_gain
 
 __all__ = ["main", "gain_table"]
 
 _COLUMNS = ("activation", "E[phi]", "E[phi^2]", "Var[phi]", "E[phi'^2]", "gain fwd", "gain bwd", "torch")
+PROBE_INITS = ("none", "torch_default", "kaiming", "xavier", "lsuv")
 
 
 def _torch_or_dash(name: str, param: float | None) -> str:
@@ -56,37 +84,313 @@ def _gain(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace, out: TextIO) -> int:
-    out.write("initscope: gains that keep second moments constant (He et al. 2015)\n")
-    out.write("forward gain 1/sqrt(E[phi(z)^2]) scales the layer after phi (fan_in);\n")
-    out.write("backward gain 1/sqrt(E[phi'(z)^2]) scales the layer before phi (fan_out).\n\n")
-    out.write(gain_table(list(ACTIVATIONS)) + "\n")
+def _value(text: str) -> Any:
+    """A query value: int, float, true/false, else the string."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def _zoo(spec: str) -> tuple[Any, Any]:
+    from initscope import zoo
+
+    name, _, query = spec[4:].partition("?")
+    try:
+        kwargs = {k: _value(v) for k, v in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))}
+    except ValueError:
+        raise ArgumentError(f"SPEC {spec!r}: cannot read the options {query!r}; write them as key=value&key=value")
+    kwargs.setdefault("batch", 32)
+    try:
+        return zoo.build(name, **kwargs)
+    except TypeError as e:  # an option the factory does not take
+        known = [p for p in inspect.signature(zoo.MODELS[name][0]).parameters] + ["batch", "seed", "size"]
+        raise ArgumentError(f"SPEC {spec!r}: {e}; zoo:{name} takes {', '.join(known)}") from e
+
+
+def _factory(spec: str) -> Any:
+    from initscope.zoo import MODELS
+
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise ArgumentError(f"SPEC {spec!r} does not resolve: write zoo:NAME[?key=value], path/to/file.py:factory "
+                            f"or package.module:factory; zoo models: {', '.join(MODELS)}")
+    from_file = target.endswith(".py") or "/" in target or os.sep in target
+    try:
+        if from_file:
+            if not Path(target).is_file():
+                raise ArgumentError(f"SPEC {spec!r}: no file {target!r}; give a path to a .py file")
+            loader = importlib.util.spec_from_file_location(f"_initscope_spec_{Path(target).stem}", target)
+            module = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(module)
+        else:
+            sys.path.insert(0, os.getcwd())
+            try:
+                module = importlib.import_module(target)
+            finally:
+                sys.path.remove(os.getcwd())
+    except ModuleNotFoundError as e:
+        raise ArgumentError(f"SPEC {spec!r}: no module named {e.name!r}; check the name, or give path/to/file.py:factory")
+    except InitscopeError:
+        raise
+    except Exception as e:
+        raise ModelError(f"SPEC {spec!r}: importing {target!r} raised {type(e).__name__}: {e}") from e
+    if not callable(getattr(module, attr, None)):
+        names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")][:12]
+        raise ArgumentError(f"SPEC {spec!r}: {target!r} has no callable {attr!r}; it has: {', '.join(names) or 'none'}")
+    return getattr(module, attr)
+
+
+def resolve_spec(spec: str) -> tuple[Any, Any]:
+    """(model, example input or None) from a SPEC (see the module docstring).
+
+    Raises:
+        ArgumentError: the SPEC does not resolve. ModelError: the factory raised, or returned
+            something other than a module or a (module, input) pair.
+    """
+    import torch
+
+    if spec.startswith("zoo:"):
+        return _zoo(spec)
+    factory = _factory(spec)
+    try:
+        made = factory()
+    except Exception as e:
+        raise ModelError(f"the factory {spec!r} raised {type(e).__name__}: {e}") from e
+    model, example = made if isinstance(made, (tuple, list)) and len(made) == 2 else (made, None)
+    if not isinstance(model, torch.nn.Module):
+        raise ModelError(f"the factory {spec!r} returned {type(made).__name__}; return a torch.nn.Module or a "
+                         "(module, example_input) pair")
+    return model, example
+
+
+def load_input(args: argparse.Namespace, example: Any, required: bool = True) -> tuple[Any, str]:
+    """(input, how it was made) from --input-shape, --input, or the SPEC's example input."""
+    import torch
+
+    if args.input_shape:
+        try:
+            shape = tuple(int(v) for v in args.input_shape.replace("x", ",").split(","))
+            if not shape or min(shape) < 1:
+                raise ValueError
+        except ValueError:
+            raise ArgumentError(f"--input-shape {args.input_shape!r}: give positive whole numbers, e.g. 8,3,32,32")
+        gen = torch.Generator().manual_seed(args.seed)
+        return torch.randn(shape, generator=gen), "x".join(map(str, shape)) + " from --input-shape"
+    if args.input:
+        try:
+            x = torch.load(args.input, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ArgumentError(f"--input {args.input!r}: cannot load it ({type(e).__name__}: {e}); save a tensor, "
+                                "tuple or dict with torch.save") from e
+        return x, f"{args.input}"
+    if example is None:
+        if not required:
+            return None, "none"
+        raise ArgumentError("the SPEC gives no example input (its factory returned only a model); "
+                            "pass --input-shape, e.g. 8,3,32,32, or --input file.pt")
+    shape = "x".join(map(str, example.shape)) if isinstance(example, torch.Tensor) else type(example).__name__
+    return example, f"{shape} from the SPEC"
+
+
+def writable(path: str) -> None:
+    """Raise ArgumentError unless ``path`` can be created or overwritten."""
+    p = Path(path)
+    if p.is_dir():
+        raise ArgumentError(f"output path {path!r} is a directory; give a file name")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ArgumentError(f"output path {path!r} is not writable ({parent} is not a writable directory); "
+                            "pass another path")
+
+
+def _apply_init(model: Any, scheme: str, x: Any, seed: int, con: Any) -> tuple[Any, Any]:
+    """(InitPlan or None, LsuvReport or None) after applying ``scheme`` in place."""
+    from initscope.initialize import initialize
+    from initscope.lsuv import lsuv
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = None if scheme in ("none", "lsuv") else initialize(model, scheme, example_input=x, seed=seed)
+        report = lsuv(model, x) if scheme == "lsuv" else None
+    for w in caught:
+        con.print(f"note: {' '.join(str(w.message).split())}")
+    return plan, report
+
+
+def _write(path: str, text: str, what: str) -> None:
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise _usage(f"cannot write the {what} to {path!r}: {e.strerror or e}; pass a writable path")
+
+
+def _usage(message: str) -> InitscopeError:
+    return ArgumentError(message)
+
+
+def _cross_entropy(output: Any) -> Any:
+    """Cross entropy against fixed random labels (seed 0): classes on the last dim."""
+    import torch
+    import torch.nn.functional as F
+
+    if not isinstance(output, torch.Tensor) or output.dim() < 2:
+        raise TypeError("--loss ce needs a tensor output with classes on the last dimension")
+    logits = output.reshape(-1, output.shape[-1])
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(logits.shape[1], (logits.shape[0],), generator=gen).to(logits.device)
+    return F.cross_entropy(logits, labels)
+
+
+def _probe(args: argparse.Namespace, out: TextIO) -> int:
+    from initscope.probe import probe
+    from initscope.report.text import findings_block, layer_table
+
+    con = args.console
+    for path in (args.html, args.json):
+        if path:
+            writable(path)
+    model, example = resolve_spec(args.spec)
+    x, where = load_input(args, example)
+    try:
+        plan, report = _apply_init(model, args.init, x, args.seed, con)
+        trace = probe(model, x, loss_fn=_cross_entropy if args.loss == "ce" else None)
+    except ForwardError as e:
+        raise ForwardError(f"{e}; the input was {where}", e.layer, e.completed) from e
+    loss = "" if trace.loss is None else f", loss {trace.loss:.4g}"
+    con.print(f"initscope probe {args.spec}: init {args.init}, input {where}, {args.loss}{loss}", soft_wrap=True)
+    con.print(layer_table(trace))
+    con.print(findings_block(trace.findings))
+    label = "as built" if args.init == "none" else args.init
+    if args.html:
+        from initscope.report.html import Run, report_html, write_report
+
+        page = report_html(f"initscope probe {args.spec}", [Run(label, trace, plan, report)],
+                           subtitle=f"init {args.init}; input {where}; loss {args.loss}{loss}")
+        try:
+            write_report(args.html, page)
+        except OSError as e:
+            raise _usage(f"cannot write the HTML report to {args.html!r}: {e.strerror or e}; pass a writable path")
+        con.print(f"HTML report: {args.html}")
+    if args.json:
+        from initscope.report.html import jsonable
+
+        data = {"spec": args.spec, "init": args.init, "loss": args.loss, "input": where, "trace": trace.to_dict(),
+                "plan": plan and plan.to_dict(), "lsuv": report and report.to_dict()}
+        _write(args.json, json.dumps(jsonable(data), indent=1, allow_nan=False) + "\n", "JSON")
+        con.print(f"JSON: {args.json}")
+    levels = ("error",) if args.fail_on == "error" else ("error", "warning")
+    return int(any(f.severity in levels for f in trace.findings))
+
+
+def _init(args: argparse.Namespace, out: TextIO) -> int:
+    from initscope.report.text import lsuv_table, plan_table
+
+    con = args.console
+    if args.save:
+        writable(args.save)
+    model, example = resolve_spec(args.spec)
+    x, _ = load_input(args, example, required=args.scheme == "lsuv")
+    plan, report = _apply_init(model, args.scheme, x, args.seed, con)
+    con.print(plan_table(plan) if plan is not None else lsuv_table(report))
+    if args.save:
+        import torch
+
+        try:
+            torch.save(model.state_dict(), args.save)
+        except OSError as e:
+            raise _usage(f"cannot write the weights to {args.save!r}: {e.strerror or e}; pass a writable path")
+        con.print(f"weights: {args.save}")
     return 0
 
 
+def _demo(args: argparse.Namespace, out: TextIO) -> int:
+    from initscope.report.demo import demo
+
+    writable(str(Path(args.out) / "index.html"))
+    demo(args.out, budget=args.budget, con=args.console)
+    return 0
+
+
+def _input_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--input-shape", metavar="N,C,...", help="an N(0, 1) input of this shape, e.g. 8,3,32,32")
+    group.add_argument("--input", metavar="FILE.pt", help="an input saved with torch.save (tensor, tuple or dict)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random input and of the init (default 0)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="initscope", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="initscope", description="Initialize networks correctly and see what "
+                                     "happens to activations and gradients inside them.",
+                                     epilog="exit codes: 0 success, 1 probe findings at the --fail-on level, "
+                                            "2 bad usage, 3 internal error")
     parser.add_argument("--version", action="version", version=f"initscope {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("gain", help="moments and gains of one activation")
+    g = sub.add_parser("gain", parents=[common], help="moments and gains of one activation")
     g.add_argument("activation", help=f"one of: {', '.join(ACTIVATIONS)}")
     g.add_argument("--param", type=float, default=None, help="slope/alpha/beta of the activation")
     g.add_argument("--q", type=float, default=1.0, help="second moment of the pre-activation (default 1)")
     g.set_defaults(run=_gain)
-    d = sub.add_parser("demo", help="the built-in tour")
+    p = sub.add_parser("probe", parents=[common], help="per-layer statistics and findings of a model",
+                       description="Exit codes: 0 healthy, 1 findings at the --fail-on level, 2 bad usage.")
+    p.add_argument("spec", metavar="SPEC", help="zoo:NAME[?key=value&...], path/to/file.py:factory or module:factory")
+    _input_options(p)
+    p.add_argument("--init", choices=PROBE_INITS, default="none", help="init to apply first (default none)")
+    p.add_argument("--loss", choices=("mse0", "ce"), default="mse0",
+                   help="mse0: 0.5 mean(output^2), least squares against 0 (default); ce: cross entropy, random labels")
+    p.add_argument("--html", metavar="PATH", help="write the self-contained HTML report here")
+    p.add_argument("--json", metavar="PATH", help="write the raw statistics and findings as JSON here")
+    p.add_argument("--fail-on", choices=("warning", "error"), default="error",
+                   help="exit 1 when a finding reaches this level (default error)")
+    p.set_defaults(run=_probe)
+    i = sub.add_parser("init", parents=[common], help="initialize a model and print the InitPlan")
+    i.add_argument("spec", metavar="SPEC", help="as for probe")
+    from initscope.initialize import SCHEMES_ALL
+
+    i.add_argument("--scheme", choices=(*SCHEMES_ALL, "lsuv"), default="kaiming", help="default kaiming")
+    _input_options(i)
+    i.add_argument("--save", metavar="weights.pt", help="save the initialized state_dict here")
+    i.set_defaults(run=_init)
+    d = sub.add_parser("demo", parents=[common], help="the guided tour (what `make demo` runs)")
+    d.add_argument("--out", default="initscope-report", help="report directory (default initscope-report)")
+    d.add_argument("--budget", choices=("full", "ci"), default="full", help="ci: a smaller CNN, for tests")
     d.set_defaults(run=_demo)
+    add_experiment_parser(sub)
     return parser
 
 
-def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
-    """Run the CLI; returns the exit code."""
+def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO | None = None, *,
+         width: int | None = None, color: bool | None = None, tty: bool | None = None) -> int:
+    """Run the CLI and return the exit code (see the module docstring)."""
+    from initscope.report.text import console
+
+    err = err or sys.stderr
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # argparse: --help, --version (0) and usage errors (2)
+        return e.code if isinstance(e.code, int) else 2
     out = out or sys.stdout
-    args = _parser().parse_args(argv)
+    args.console = console(out, width=width, color=color, tty=tty)  # handlers print tables through it
+    debug = getattr(args, "debug", False)
     try:
         return args.run(args, out)
     except InitscopeError as error:
-        print(f"initscope: error: {error}", file=sys.stderr)
+        if debug:
+            traceback.print_exc(file=err)
+        print(f"initscope: error: {' '.join(str(error).split())}", file=err)
         return 2
+    except Exception as error:  # noqa: BLE001 - a bug: one line unless --debug
+        if debug:
+            traceback.print_exc(file=err)
+        print(f"initscope: internal error: {type(error).__name__}: {' '.join(str(error).split())}; "
+              "rerun with --debug for the traceback and report it", file=err)
+        return 3
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,7 +6,6 @@ Rendering is a pure function of the record: ``repr`` (plain-text table),
 """
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import asdict, dataclass, fields
 
@@ -155,12 +154,6 @@ class InitPlan:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        esc = html.escape
-        head = "".join(f"<th>{esc(c)}</th>" for c in _COLUMNS)
-        body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in self._cells())
-        left = "".join(f"<li><code>{esc(u.name)}</code>: {esc(u.reason)}</li>" for u in self.untouched)
-        notes = "".join(f"<li>{esc(n)}</li>" for n in self.notes)
-        return (f"<div><p><code>{esc(self._title())}</code></p><table><thead><tr>{head}</tr></thead>"
-                f"<tbody>{body}</tbody></table>"
-                + (f"<p>untouched:</p><ul>{left}</ul>" if left else "")
-                + (f"<p>notes:</p><ul>{notes}</ul>" if notes else "") + "</div>")
+        from initscope.report.html import plan_html
+
+        return plan_html(self)

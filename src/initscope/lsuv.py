@@ -15,7 +15,6 @@ the host once per pass.
 """
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -104,11 +103,9 @@ class LsuvReport:
         return "\n".join([self.summary(), *lines])
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{c}</th>" for c in _HEAD)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>"
-                       for r in self.layers)
-        return (f"<div><p>{html.escape(self.summary())}</p><table><thead><tr>{head}</tr></thead>"
-                f"<tbody>{body}</tbody></table></div>")
+        from initscope.report.html import lsuv_html
+
+        return lsuv_html(self)
 
 
 def _cells(r: LsuvLayer) -> tuple[str, ...]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import html
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Union
@@ -244,11 +243,9 @@ class Trace:
         return "\n".join([head, *lines, *(f"note: {n}" for n in self.notes)])
 
     def _repr_html_(self) -> str:
-        cell = lambda tag, text: f"<{tag}>{html.escape(text)}</{tag}>"  # noqa: E731
-        body = "".join("<tr>" + "".join(cell("td", c) for c in _row(r)) + "</tr>" for r in self.layers)
-        head = "<tr>" + "".join(cell("th", c) for c in _HEAD) + "</tr>"
-        notes = "".join(f"<p>{html.escape(n)}</p>" for n in self.notes)
-        return f"<table class='initscope-trace'>{head}{body}</table>{notes}"
+        from initscope.report.html import trace_html
+
+        return trace_html(self)
 
     def to_dict(self) -> dict:
         """JSON-ready dict (non-finite floats become strings)."""
