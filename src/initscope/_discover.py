@@ -21,9 +21,10 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from initscope._ops import Step, classify_function, classify_module, leaves
+from initscope._state import call, preserved, split_inputs
 from initscope.errors import ForwardError
 
-__all__ = ["run", "fallback", "preserved"]
+__all__ = ["run", "fallback"]
 
 
 class _TensorStore:
@@ -47,25 +48,6 @@ class _DictStore(dict):
 
 def _tensors(obj: object) -> list[torch.Tensor]:
     return [v for v in leaves(obj) if isinstance(v, torch.Tensor)]
-
-
-@contextlib.contextmanager
-def preserved(model: nn.Module) -> Iterator[None]:
-    """Restore every ``training`` flag, every buffer (in place) and the global RNG on exit."""
-    flags = [(m, m.training) for m in model.modules()]
-    buffers = [(m, n, b, b.detach().clone()) for m in model.modules() for n, b in m.named_buffers(recurse=False)]
-    devices = sorted({t.device.index or 0 for t in [*model.parameters(), *model.buffers()] if t.is_cuda})
-    with torch.random.fork_rng(devices=devices):
-        try:
-            yield
-        finally:
-            for m, flag in flags:
-                m.training = flag
-            with torch.no_grad():
-                for m, n, b, saved in buffers:
-                    if getattr(m, n) is not b:
-                        setattr(m, n, b)
-                    b.copy_(saved)
 
 
 class _Mode(TorchFunctionMode):
@@ -127,12 +109,6 @@ def _hooks(model: nn.Module, session: _Session) -> Iterator[None]:
             h.remove()
 
 
-def _call(model: nn.Module, x: object) -> object:
-    if isinstance(x, dict):
-        return model(**x)
-    return model(*x) if isinstance(x, (tuple, list)) else model(x)
-
-
 #: inputs at least this large are first run on the meta device (see :func:`run`)
 META_MIN_ELEMENTS = 1 << 16
 
@@ -182,7 +158,7 @@ def _run(model: nn.Module, state: dict | None, example_input: object, tracker_ty
     with preserved(model), torch.no_grad(), _hooks(model, session):
         try:
             with _Mode(session):
-                out = _call(model, example_input) if state is None else _functional(model, state, example_input)
+                out = call(model, example_input) if state is None else _functional(model, state, example_input)
         except Exception as exc:
             raise _forward_error(model, session, exc) from exc
     tracker.output(_tensors(out))
@@ -190,10 +166,8 @@ def _run(model: nn.Module, state: dict | None, example_input: object, tracker_ty
 
 
 def _functional(model: nn.Module, state: dict, x: object) -> object:
-    if isinstance(x, dict):
-        return torch.func.functional_call(model, state, (), x, tie_weights=True)
-    args = tuple(x) if isinstance(x, (tuple, list)) else (x,)
-    return torch.func.functional_call(model, state, args, tie_weights=True)
+    args, kwargs = split_inputs(x)
+    return torch.func.functional_call(model, state, args, kwargs, tie_weights=True)
 
 
 def _forward_error(model: nn.Module, session: _Session, exc: Exception) -> ForwardError:

@@ -54,6 +54,7 @@ from torch import nn
 
 from initscope._planner import Planner, check_nonlinearity
 from initscope._residual import RESIDUAL, Factors, factors
+from initscope._state import rollback
 from initscope.errors import ArgumentError, ModelError, UnknownOptionError, choices_message
 from initscope.graph import discover
 from initscope.init import DISTRIBUTIONS, MODES, _fill, delta_orthogonal_
@@ -226,9 +227,8 @@ def _write(model: nn.Module, result: InitPlan) -> None:
 def _reset(model: nn.Module, result: InitPlan) -> None:
     """torch_default: each module's own reset under a torch RNG seeded by (seed, module name),
     children before parents (as construction runs). Restores every parameter on failure."""
-    saved = [(p, p.detach().clone()) for p in model.parameters()]
     devices = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
-    try:
+    with rollback(model.parameters()):
         for name, m in reversed(list(model.named_modules())):
             reset = getattr(m, "reset_parameters", None)
             if isinstance(m, nn.MultiheadAttention):
@@ -238,8 +238,3 @@ def _reset(model: nn.Module, result: InitPlan) -> None:
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(param_seed(result.seed, name, ()))
                 reset()
-    except Exception:
-        with torch.no_grad():
-            for p, old in saved:
-                p.copy_(old)
-        raise

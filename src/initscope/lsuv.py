@@ -18,17 +18,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from initscope._lsuv_solve import _along, _alive, _moments, _scaled, _solve, _std_mean, _sums, _z_moments
+from initscope._select import match
+from initscope._state import call, preserved, rollback
 from initscope.errors import (
-    ArgumentError, ForwardError, InitscopeError, LayerError, ModelError, ShapeError, UnknownOptionError,
+    ArgumentError, ForwardError, InitscopeError, LayerError, ModelError, UnknownOptionError,
     choices_message,
 )
 from initscope.layer import init_layer_
+from initscope.lsuv_report import LsuvLayer, LsuvReport
 
 __all__ = ["lsuv", "LsuvReport", "LsuvLayer", "PRE_INITS"]
 
@@ -39,144 +42,7 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2
 _DEFAULT = (nn.Linear, nn.MultiheadAttention, *_CONVS)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm,
           nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
-_HEAD = ("layer", "type", "calls", "std before", "mean before", "scale", "bias shift", "std after",
-         "mean after", "note")
 
-
-@dataclass(frozen=True)
-class LsuvLayer:
-    """What LSUV measured and did at one scaled weight: one row of the report."""
-
-    name: str
-    layer_type: str
-    calls: int           # times it ran in the verification pass (0: never ran, left as pre-initialized)
-    std_before: float    # output std when LSUV reached it: after pre_init and the layers before it
-    mean_before: float
-    scale: float         # product of the factors applied to the weight
-    bias_shift: float    # sum of the shifts added to the bias
-    std_after: float     # measured in the verification pass, over all calls
-    mean_after: float
-    within_tol: bool
-    norm_after: str = ""  # the normalization layer it feeds directly, which undoes its scale
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class LsuvReport:
-    """The result of :func:`lsuv`: one :class:`LsuvLayer` per scaled weight, in execution order."""
-
-    layers: tuple[LsuvLayer, ...]
-    target_std: float
-    center: bool
-    tol: float
-    passes: int          # forward passes run, the verification pass included
-
-    @property
-    def converged(self) -> bool:
-        """True when every layer that ran is within ``tol`` of the targets."""
-        return all(r.within_tol for r in self.layers if r.calls)
-
-    @property
-    def worst(self) -> float:
-        """The largest |std_after - target_std| over the layers that ran."""
-        return max((abs(r.std_after - self.target_std) for r in self.layers if r.calls), default=0.0)
-
-    def summary(self) -> str:
-        """One line: passes, convergence, and where a normalization layer makes LSUV moot."""
-        ok = "all within tol" if self.converged else f"NOT converged (worst |std - target| {self.worst:.3g})"
-        text = (f"LsuvReport: {len(self.layers)} layers, {self.passes} forward passes, target std "
-                f"{self.target_std:g}, tol {self.tol:g}: {ok}")
-        normed = sum(bool(r.norm_after) for r in self.layers)
-        return text + (f"; {normed} of {len(self.layers)} layers feed a normalization layer, which divides "
-                       "the scale out again: LSUV has no effect there" if normed else "")
-
-    def to_dict(self) -> dict:
-        """JSON-ready form (NaN becomes None)."""
-        rows = [{k: None if v != v else v for k, v in asdict(r).items()} for r in self.layers]
-        return {"target_std": self.target_std, "center": self.center, "tol": self.tol, "passes": self.passes,
-                "converged": self.converged, "worst": self.worst, "layers": rows}
-
-    def __repr__(self) -> str:
-        rows = [_HEAD] + [_cells(r) for r in self.layers]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(_HEAD) - 1)]
-        lines = ["  ".join([*(c.ljust(w) for c, w in zip(row, widths)), row[-1]]).rstrip() for row in rows]
-        return "\n".join([self.summary(), *lines])
-
-    def _repr_html_(self) -> str:
-        from initscope.report.html import lsuv_html
-
-        return lsuv_html(self)
-
-
-def _cells(r: LsuvLayer) -> tuple[str, ...]:
-    nums = (r.std_before, r.mean_before, r.scale, r.bias_shift, r.std_after, r.mean_after)
-    return (r.name, r.layer_type, str(r.calls), *(f"{v:.4g}" for v in nums), r.note)
-
-
-# ---- the statistics and the exact correction (pure functions of on-device tensors) ----------------
-
-def _scaled(module: nn.Module) -> nn.Module:
-    """The module whose weight LSUV scales: attention's output projection, else the layer itself."""
-    return module.out_proj if isinstance(module, nn.MultiheadAttention) else module
-
-
-def _sums(name: str, module: nn.Module, y: torch.Tensor, ch: int) -> torch.Tensor:
-    """Float64 (Σy, Σb, Σyb, Σb², Σy²) over all elements of the output y = z + b (units along ``ch``).
-
-    Sums run in y's precision (float32 at least) with torch's cascade summation, about 1e-7
-    relative, and are combined in float64: Var z = Var y - 2 Cov(y, b) + Var b then holds to
-    about 1e-7 (1 + mean(b^2) / Var z), without a pass to form z."""
-    units, bias = y.shape[ch], _scaled(module).bias
-    if y.numel() < 2 * units:
-        raise ShapeError(f"`{name}` ({type(module).__name__}): output shape {tuple(y.shape)} gives "
-                         f"{y.numel() // units} sample(s) per unit; std needs at least 2; pass a larger batch "
-                         "(LSUV wants one real batch, e.g. 32-256 samples)")
-    y = y if y.dtype in (torch.float32, torch.float64) else y.float()
-    b = y.new_zeros(units) if bias is None else bias.to(y.dtype)
-    rows = torch.stack([y.sum([d for d in range(y.dim()) if d != ch]), b * (y.numel() / units)])
-    return torch.cat([rows.sum(1), rows @ b, (y * y).sum().view(1)]).double()
-
-
-def _along(v: torch.Tensor, y: torch.Tensor, dim: int) -> torch.Tensor:
-    """v (one value per unit) shaped to broadcast against y along ``dim``."""
-    return v.view([-1 if d == dim else 1 for d in range(y.dim())])
-
-
-def _moments(v: torch.Tensor, n: float | torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(mean y, mean b, Var y, Cov(y, b), Var b) from the sums v over n elements; row-wise on a stack."""
-    sy, sb, syb, sbb, syy = v.unbind(-1)
-    my, mb, k = sy / n, sb / n, 1 / (n - 1)
-    return my, mb, (syy - sy * my) * k, (syb - sy * mb) * k, (sbb - sb * mb) * k
-
-
-def _std_mean(mom: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    return mom[2].clamp(min=0).sqrt(), mom[0]
-
-
-def _z_moments(mom: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Var z, Cov(z, b)) for z = y - b: Var y - 2 Cov(y, b) + Var b and Cov(y, b) - Var b."""
-    _, _, vy, cyb, vb = mom
-    return vy - 2 * cyb + vb, cyb - vb
-
-
-def _alive(v: torch.Tensor, n: float | torch.Tensor, var_z: torch.Tensor) -> torch.Tensor:
-    """False where z = y - b is constant (a dead input: std(z) below 1e-3 rms(y), the rounding
-    floor of float32 sums) and where it is NaN."""
-    return var_z > v[..., 4] * (1e-6 / n)
-
-
-def _solve(v: torch.Tensor, n: float, mom: tuple[torch.Tensor, ...], target: float,
-           center: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """(s, d, ok): std(s z + b + d) = target, and mean 0 if ``center`` (else d is None).
-
-    s is the positive root of s^2 Var z + 2 s Cov(z, b) + Var b = target^2. Without one (the
-    bias alone is spread wider than the target) it is the minimizer -Cov/Var z if positive,
-    else target / std(z). Never divides by zero; ok is False for a dead layer."""
-    (my, mb, _, _, vb), (vz, c) = mom, _z_moments(mom)
-    ok, vz = _alive(v, n, vz), vz.clamp(min=1e-300)
-    root = ((c * c - vz * (vb - target ** 2)).clamp(min=0).sqrt() - c) / vz
-    s = torch.where(root > 0, root, target * vz.rsqrt())
-    return s, -(s * (my - mb) + mb) if center else None, ok
 
 
 # ---- one scaled weight, and the hooks of one pass -----------------------------------------------
@@ -288,13 +154,10 @@ def _select(model: nn.Module, layers: Layers) -> list[_Slot]:
     if layers is None:
         inside = tuple(n + "." for n, m in named.items() if isinstance(m, nn.MultiheadAttention))
         pick = [n for n, m in named.items() if isinstance(m, _DEFAULT) and not n.startswith(inside)]
-    elif callable(layers):
-        pick = [n for n, m in named.items() if layers(n, m)]
     else:
-        pick = list(dict.fromkeys([layers] if isinstance(layers, str) else layers))
-        for n in (n for n in pick if n not in named):
-            raise UnknownOptionError(choices_message("layer", n, list(named)[:12], "pass names from "
-                                                     "model.named_modules(), or a predicate (name, module)"))
+        pick = match(named, layers, lambda n: UnknownOptionError(choices_message(
+            "layer", n, list(named)[:12], "pass names from model.named_modules(), or a predicate (name, module)")),
+            arg="layers")
     if not pick:
         raise ModelError(f"{type(model).__name__} has no layer LSUV can scale (Linear, ConvNd, ConvTransposeNd, "
                          "MultiheadAttention); pass layers= as qualified names or a predicate (name, module)")
@@ -333,13 +196,6 @@ def _check_batch(batch: Any) -> None:
                                 f"{t.numel()}; LSUV needs a finite batch: clean it (torch.nan_to_num) or use another")
 
 
-def _forward(model: nn.Module, batch: Any) -> None:
-    if isinstance(batch, dict):
-        model(**batch)
-    else:
-        model(*batch) if isinstance(batch, (list, tuple)) else model(batch)
-
-
 @contextmanager
 def _hooks(model: nn.Module, slots: list[_Slot], run: _Pass):
     """Register the pass's hooks; remove them all on exit, also when the forward raises."""
@@ -360,13 +216,10 @@ def _hooks(model: nn.Module, slots: list[_Slot], run: _Pass):
 def _quiet(model: nn.Module):
     """Eval mode, no autograd, no fused attention fast path (it skips submodule hooks); the
     global RNG, buffers and every module's train flag are restored on exit."""
-    flags = [(m, m.training) for m in model.modules()]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
     mha = getattr(torch.backends, "mha", None)
     fast = mha.get_fastpath_enabled() if mha else None
     try:
-        with torch.random.fork_rng(devices=cuda), torch.no_grad():
+        with preserved(model), torch.no_grad():
             model.eval()
             if mha:
                 mha.set_fastpath_enabled(False)
@@ -374,11 +227,6 @@ def _quiet(model: nn.Module):
     finally:
         if mha:
             mha.set_fastpath_enabled(fast)
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
-        for m, flag in flags:
-            m.training = flag
 
 
 # ---- the passes, and the public entry point -------------------------------------------------------
@@ -390,7 +238,7 @@ def _run_pass(model: nn.Module, batch: Any, slots: list[_Slot], mode: str, opts:
         slot.calls, slot.n, slot.applied = 0, 0.0, torch.zeros_like(slot.applied)
     with _hooks(model, slots, run):
         try:
-            _forward(model, batch)
+            call(model, batch)
         except InitscopeError:
             raise
         except Exception as e:
@@ -493,20 +341,13 @@ def lsuv(model: nn.Module, batch: Any, *, target_std: float = 1.0, center: bool 
     _check_batch(batch)
     slots = _select(model, layers)
     params = {id(p): p for slot in slots for _, m in slot.modules for p in m.parameters()}.values()
-    saved = [(p, p.detach().clone()) for p in params]
     opts = {"target_std": float(target_std), "center": bool(center), "tol": float(tol)}
-    try:
-        with _quiet(model):
-            if pre_init is not None:
-                _pre_init(slots, pre_init, generator)
-            for k in range(1, max_passes + 1):
-                mode = "all" if k == 1 else "check" if k == max_passes else "fix"
-                if not _run_pass(model, batch, slots, mode, opts, k) and k > 1:
-                    break
-    except BaseException:
-        with torch.no_grad():
-            for p, value in saved:
-                p.copy_(value)
-        raise
+    with rollback(params), _quiet(model):
+        if pre_init is not None:
+            _pre_init(slots, pre_init, generator)
+        for k in range(1, max_passes + 1):
+            mode = "all" if k == 1 else "check" if k == max_passes else "fix"
+            if not _run_pass(model, batch, slots, mode, opts, k) and k > 1:
+                break
     slots.sort(key=lambda slot: slot.order)
     return LsuvReport(tuple(_layer(slot, opts) for slot in slots), opts["target_std"], opts["center"], opts["tol"], k)

@@ -22,20 +22,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Union
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-from initscope.errors import ForwardError, LossError, ModelError, UnknownOptionError, choices_message
-from initscope.stats import Stats, StatsAccumulator
+from initscope._select import ModuleSelection, select_modules
+from initscope._state import call, preserved
+from initscope.errors import ForwardError, LossError, ModelError
+from initscope.stats import StatsAccumulator
+from initscope.trace import LayerRecord, OutputRecord, ParamRecord, Trace
 
 __all__ = ["probe", "Trace", "LayerRecord", "OutputRecord", "ParamRecord", "select_modules"]
-
-ModuleSelection = Union[None, str, Sequence[str], type, tuple, Callable[[str, nn.Module], bool]]
 
 _CHANNELS_FIRST = (
     nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
@@ -63,53 +63,6 @@ def _is_weight_layer(module: nn.Module) -> bool:
     return isinstance(w, torch.Tensor) and w.dim() >= 2 and not isinstance(module, (nn.Embedding, nn.EmbeddingBag))
 
 
-def select_modules(model: nn.Module, modules: ModuleSelection = None) -> list[tuple[str, nn.Module]]:
-    """The (name, module) pairs to watch, in registration order.
-
-    Args:
-        model: the network.
-        modules: None for every leaf module plus modules with parameters of their own (such
-            as ``nn.MultiheadAttention``); a name or list of names from ``named_modules()``;
-            a module class or tuple of classes; or a predicate ``fn(name, module) -> bool``.
-
-    Raises:
-        UnknownOptionError: a name that is not in the model.
-        ModelError: the selection is empty.
-
-    Examples:
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
-        >>> [n for n, _ in select_modules(net, nn.ReLU)]
-        ['1']
-    """
-    named = list(model.named_modules())
-    if modules is None:
-        chosen = [(n, m) for n, m in named
-                  if next(m.children(), None) is None or next(m.parameters(recurse=False), None) is not None]
-    elif isinstance(modules, str) or (isinstance(modules, (list, tuple, set, frozenset))
-                                      and all(isinstance(x, str) for x in modules)):
-        index = dict(named)
-        wanted = [modules] if isinstance(modules, str) else list(modules)
-        for name in wanted:
-            if name not in index:
-                known = [n for n, _ in named if n]
-                raise UnknownOptionError(choices_message(
-                    "module name", name, known[:12] + ["..."] * (len(known) > 12),
-                    "pass names as listed by model.named_modules()"))
-        chosen = [(n, index[n]) for n in dict.fromkeys(wanted)]
-    elif isinstance(modules, type) or (isinstance(modules, tuple) and all(isinstance(x, type) for x in modules)):
-        chosen = [(n, m) for n, m in named if isinstance(m, modules)]
-    elif callable(modules):
-        chosen = [(n, m) for n, m in named if modules(n, m)]
-    else:
-        raise TypeError(f"modules must be None, names, module classes or a predicate fn(name, module); "
-                        f"got {type(modules).__name__}")
-    if not chosen:
-        raise ModelError(f"the module selection {modules!r} matches no module of {type(model).__name__}; "
-                         "pass None to watch every leaf module")
-    return chosen
-
-
 def walk(obj: Any, path: str = "") -> Iterator[tuple[str, Any]]:
     """(path, tensor) for every tensor in nested tuples, lists, dicts and dataclasses."""
     if isinstance(obj, torch.Tensor):
@@ -124,145 +77,6 @@ def walk(obj: Any, path: str = "") -> Iterator[tuple[str, Any]]:
         for f in dataclasses.fields(obj):
             yield from walk(getattr(obj, f.name), f"{path}.{f.name}")
 
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class OutputRecord:
-    """One tensor of a layer's output: its path in the output, shape, dtype and statistics."""
-
-    path: str
-    shape: tuple[int, ...]
-    dtype: str
-    forward: Stats | None
-    backward: Stats | None
-    note: str = ""
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class LayerRecord:
-    """One call of a watched module, in execution order."""
-
-    name: str
-    type: str
-    call: int
-    outputs: tuple[OutputRecord, ...]
-    weight_layer: bool = False
-
-    @property
-    def _main(self) -> OutputRecord | None:
-        return next((o for o in self.outputs if o.forward is not None), self.outputs[0] if self.outputs else None)
-
-    @property
-    def label(self) -> str:
-        """Name, with the call index after '#' for second and later calls."""
-        base = self.name or "(model)"
-        return f"{base}#{self.call}" if self.call else base
-
-    @property
-    def shape(self) -> tuple[int, ...] | None:
-        """Shape of the main (first floating) output."""
-        return self._main.shape if self._main else None
-
-    @property
-    def dtype(self) -> str | None:
-        """Dtype of the main output."""
-        return self._main.dtype if self._main else None
-
-    @property
-    def forward(self) -> Stats | None:
-        """Statistics of the main output."""
-        return self._main.forward if self._main else None
-
-    @property
-    def backward(self) -> Stats | None:
-        """Statistics of the gradient of the loss with respect to the main output."""
-        return self._main.backward if self._main else None
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ParamRecord:
-    """A parameter's value and gradient statistics."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    value: Stats
-    grad: Stats | None
-
-
-def _g(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3g}"
-
-
-def _row(r: LayerRecord) -> list[str]:
-    f, b = r.forward, r.backward
-    zero = "-" if f is None else f"{100 * f.zero_frac:.0f}%"
-    bad = sum(s.nonfinite for s in (f, b) if s is not None)
-    return [r.label, r.type, "x".join(map(str, r.shape or ())) or "-", _g(f and f.mean), _g(f and f.std),
-            zero, _g(b and b.std), f"{bad} nonfinite" if bad else ""]
-
-
-_HEAD = ["layer", "type", "shape", "mean", "std", "zeros", "grad std", ""]
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Trace:
-    """What one probe saw: per-call layer records in execution order, parameters, inputs.
-
-    ``findings`` judges it with the default :class:`~initscope.diagnose.Thresholds`; call
-    :func:`initscope.diagnose.diagnose` to use others.
-    """
-
-    layers: tuple[LayerRecord, ...]
-    params: tuple[ParamRecord, ...] = ()
-    inputs: tuple[OutputRecord, ...] = ()
-    loss: float | None = None
-    notes: tuple[str, ...] = ()
-
-    @functools.cached_property
-    def findings(self) -> list:
-        """Plain-word findings with numbers and fixes (see :mod:`initscope.diagnose`)."""
-        from initscope.diagnose import diagnose
-
-        return diagnose(self)
-
-    def layer(self, name: str, call: int = 0) -> LayerRecord:
-        """The record of ``name``'s ``call``-th call (KeyError if absent)."""
-        for r in self.layers:
-            if r.name == name and r.call == call:
-                return r
-        raise KeyError(f"no record of layer {name!r} call {call}; layers: {[r.label for r in self.layers][:10]}")
-
-    def __repr__(self) -> str:
-        rows = [_HEAD] + [_row(r) for r in self.layers[:60]]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(_HEAD))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-        if len(self.layers) > 60:
-            lines.append(f"... {len(self.layers) - 60} more layers")
-        loss = "" if self.loss is None else f", loss {self.loss:.4g}"
-        head = f"Trace({len(self.layers)} layer calls, {len(self.params)} parameters{loss})"
-        return "\n".join([head, *lines, *(f"note: {n}" for n in self.notes)])
-
-    def _repr_html_(self) -> str:
-        from initscope.report.html import trace_html
-
-        return trace_html(self)
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict (non-finite floats become strings)."""
-        def out(o: OutputRecord) -> dict:
-            return {"path": o.path, "shape": list(o.shape), "dtype": o.dtype, "note": o.note,
-                    "forward": o.forward and o.forward.to_dict(), "backward": o.backward and o.backward.to_dict()}
-
-        return {
-            "loss": self.loss if self.loss is None or math.isfinite(self.loss) else str(self.loss),
-            "layers": [{"name": r.name, "type": r.type, "call": r.call, "weight_layer": r.weight_layer,
-                        "outputs": [out(o) for o in r.outputs]} for r in self.layers],
-            "params": [{"name": p.name, "shape": list(p.shape), "dtype": p.dtype, "value": p.value.to_dict(),
-                        "grad": p.grad and p.grad.to_dict()} for p in self.params],
-            "inputs": [out(o) for o in self.inputs],
-            "notes": list(self.notes),
-            "findings": [dataclasses.asdict(f) for f in self.findings],
-        }
 
 
 @dataclasses.dataclass
@@ -412,55 +226,6 @@ class Tap:
             for j, o in enumerate(c.outputs)), c.weight_layer) for ci, c in enumerate(self.calls))
 
 
-class _Snapshot:
-    """Everything probe could change: parameters and buffers (bitwise), .grad, flags, RNG."""
-
-    def __init__(self, model: nn.Module, leaves: list[torch.Tensor]) -> None:
-        tensors = {id(t): t for t in [*model.parameters(), *model.buffers()] if not is_lazy(t)}
-        self.values = [(t, t.detach().clone()) for t in tensors.values()]
-        self.grads = [(t, t.grad) for t in [*model.parameters(), *leaves]]
-        self.flags = [(m, m.training) for m in model.modules()]
-        self.requires = [(p, p.requires_grad) for p in model.parameters()]
-        self.cpu_rng = torch.get_rng_state()
-        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-        self.cuda_rng = torch.cuda.get_rng_state_all() if cuda else None
-
-    def restore(self) -> None:
-        for m, flag in self.flags:
-            m.training = flag
-        for p, flag in self.requires:
-            if p.requires_grad != flag:
-                p.requires_grad_(flag)
-        with torch.no_grad():
-            for t, saved in self.values:  # copy only what changed, so version counters stay put
-                if not _same_bits(t, saved):
-                    t.copy_(saved)
-        for t, g in self.grads:
-            if t.grad is not g:
-                t.grad = g
-        torch.set_rng_state(self.cpu_rng)
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state_all(self.cuda_rng)
-
-
-def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if a.is_floating_point() or a.is_complex():
-        as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}.get(a.element_size())
-        if as_int is not None and not a.is_complex():
-            return torch.equal(a.detach().view(as_int), b.view(as_int))
-    return torch.equal(a.detach(), b)
-
-
-def _call(model: nn.Module, inputs: Any) -> Any:
-    if isinstance(inputs, tuple):
-        return model(*inputs)
-    if isinstance(inputs, Mapping) and not isinstance(inputs, torch.Tensor):
-        return model(**inputs)
-    return model(inputs)
-
-
 def _usable(inputs: Any) -> Any:
     """Inputs with inference-mode tensors cloned (autograd refuses to save them)."""
     if isinstance(inputs, torch.Tensor):
@@ -539,25 +304,23 @@ def probe(model: nn.Module, inputs: Any, *, loss_fn: Callable | None = None, tar
     tap = Tap(model, select_modules(model, modules), StatsAccumulator(), track=True)
     params = list(dict((id(p), (n, p)) for n, p in model.named_parameters()).values())
     leaves = [t for _, t in walk(inputs) if t.requires_grad and t.is_leaf]
-    snap, notes, loss = _Snapshot(model, leaves), [], None
-    try:
-        with tap, torch.inference_mode(False), torch.set_grad_enabled(backward):
-            inputs = _usable(inputs)
-            for j, (_, t) in enumerate(walk(inputs)):
-                if t.is_floating_point():
-                    tap.acc.add(("input", j), t, unit_dim=1 if t.dim() >= 4 else -1)
-            for name, p in params:
-                tap.acc.add(("value", name), p)
-            try:
-                output = _call(model, inputs)
-            except Exception as e:
-                raise _fail(tap, e, "forward") from e
-            if backward:
-                loss = _loss(output, loss_fn, target)
-                del output
-                _backward(tap, loss, params, leaves, notes)
-    finally:
-        snap.restore()
+    notes, loss = [], None
+    with preserved(model, params=True, leaves=leaves), tap, torch.inference_mode(False), \
+            torch.set_grad_enabled(backward):
+        inputs = _usable(inputs)
+        for j, (_, t) in enumerate(walk(inputs)):
+            if t.is_floating_point():
+                tap.acc.add(("input", j), t, unit_dim=1 if t.dim() >= 4 else -1)
+        for name, p in params:
+            tap.acc.add(("value", name), p)
+        try:
+            output = call(model, inputs, positional=tuple, keywords=Mapping)
+        except Exception as e:
+            raise _fail(tap, e, "forward") from e
+        if backward:
+            loss = _loss(output, loss_fn, target)
+            del output
+            _backward(tap, loss, params, leaves, notes)
     return _trace(tap, params, inputs, loss, notes)
 
 

@@ -23,17 +23,16 @@ Examples:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import lru_cache
-from statistics import NormalDist
-from typing import Literal, Union
 
 import numpy as np
 import torch
 
+from initscope._band import Band, finite_width_band
+from initscope._propagate import Propagation, _number, propagate
 from initscope.activations import Activation, resolve
-from initscope.errors import ArgumentError, UnknownOptionError, choices_message
+from initscope.errors import ArgumentError
 from initscope.moments import ActivationLike, moments
 
 __all__ = [
@@ -41,107 +40,8 @@ __all__ = [
     "critical_sigma_w2", "Band", "finite_width_band",
 ]
 
-PerLayer = Union[float, Sequence[float]]
 _Q_MIN, _Q_MAX = 1e-100, 1e100  # fixed points beyond these are reported as 0 and inf
 _Z, _PANEL, _ORDER = 10.0, 0.5, 12  # 2-D rule: z in [-10, 10] (mass outside < 2e-23)
-
-
-@dataclass(frozen=True)
-class Propagation:
-    """Mean-field moments per layer l = 1..L (arrays of length L).
-
-    Attributes:
-        widths: (n_0, ..., n_L).
-        q: E[f_l^2], the pre-activations' second moment (their variance: the mean is 0).
-        mean, second, deriv_second: E[h_l], E[h_l^2], E[phi'(f_l)^2] of h_l = phi(f_l).
-        chi: length L - 1; chi[l] = E[dL/df_l^2] / E[dL/df_{l+1}^2] (0-based layers).
-        grad: E[dL/df_l^2], with ``grad[-1] = grad_out``.
-    """
-
-    widths: tuple[int, ...]
-    q: np.ndarray
-    mean: np.ndarray
-    second: np.ndarray
-    deriv_second: np.ndarray
-    chi: np.ndarray
-    grad: np.ndarray
-
-    @property
-    def variance(self) -> np.ndarray:
-        """Var[h_l] = E[h_l^2] - E[h_l]^2."""
-        return self.second - self.mean**2
-
-    @property
-    def factor(self) -> np.ndarray:
-        """q_l / q_{l-1} for l = 2..L: D_h s2 / 2 = sigma_w2 / 2 per layer for ReLU."""
-        return self.q[1:] / self.q[:-1]
-
-
-def _widths(widths: Sequence[int]) -> tuple[int, ...]:
-    out = tuple(widths)
-    if len(out) < 2 or not all(isinstance(n, (int, np.integer)) and n >= 1 for n in out):
-        raise ArgumentError(f"widths must be (n_0, n_1, ..., n_L): at least 2 whole numbers >= 1; got {widths!r}")
-    return tuple(int(n) for n in out)
-
-
-def _per_layer(value: PerLayer, layers: int, name: str) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64)
-    if arr.ndim > 1 or (arr.ndim == 1 and arr.size != layers):
-        raise ArgumentError(f"{name} must be a number or a list of {layers} (one per layer); got {value!r}")
-    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-        raise ArgumentError(f"{name} must be finite and >= 0; got {value!r}")
-    return np.broadcast_to(arr, (layers,)).copy()
-
-
-def _number(value: float, name: str) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise ArgumentError(f"{name} must be a finite number >= 0; got {value!r}")
-    return float(value)
-
-
-def propagate(widths: Sequence[int], activation: ActivationLike, sigma_w2: PerLayer,
-              sigma_b2: PerLayer = 0.0, q0: float = 1.0, *, grad_out: float = 1.0) -> Propagation:
-    """Predicted per-layer moments of a deep net by the length map and its backward twin.
-
-    Args:
-        widths: (n_0, n_1, ..., n_L); n_0 is the input size.
-        activation: anything :func:`initscope.moments` accepts.
-        sigma_w2: weight variance times fan-in, one number or one per layer.
-        sigma_b2: bias variance, one number or one per layer.
-        q0: mean square of the raw input (the first layer is fed by data, not by phi).
-        grad_out: E[dL/df_L^2] at the last layer, where the backward recursion starts.
-
-    Returns:
-        A :class:`Propagation`. Values beyond float64's range come out as inf.
-
-    Raises:
-        ArgumentError: bad widths, a negative or non-finite variance, or a list of the wrong length.
-
-    Examples:
-        >>> p = propagate([100] * 51, "relu", 100 * 0.001)  # the textbook's s2 = 0.001
-        >>> round(float(p.factor[0]), 12), f"{p.q[-1]:.3g}"
-        (0.05, '1.78e-65')
-    """
-    n = _widths(widths)
-    layers = len(n) - 1
-    sw, sb = _per_layer(sigma_w2, layers, "sigma_w2"), _per_layer(sigma_b2, layers, "sigma_b2")
-    act = resolve(activation)
-    q = np.empty(layers)
-    rows = np.full((layers, 3), np.nan)
-    prev = _number(q0, "q0")
-    for l in range(layers):
-        q[l] = float(sw[l]) * prev + float(sb[l])  # Python floats: overflow gives inf, quietly
-        if not math.isfinite(q[l]):
-            q[l:] = math.inf
-            break
-        m = moments(act, float(q[l]))
-        rows[l] = m.mean, m.second, m.deriv_second
-        prev = m.second
-    sizes = np.asarray(n, dtype=np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):
-        chi = sw[1:] * sizes[2:] / sizes[1:-1] * rows[:-1, 2]
-        grad = np.append(np.cumprod(chi[::-1])[::-1], 1.0) * _number(grad_out, "grad_out")
-    return Propagation(n, q, rows[:, 0], rows[:, 1], rows[:, 2], chi, grad)
 
 
 # ------------------------------------------------------------ fixed points and chi
@@ -334,144 +234,3 @@ def depth_scale(activation: ActivationLike, sigma_w2: float, sigma_b2: float = 0
         star = 0.0 if gap(0.0) <= 1e-15 else _root(gap, 0.0, top, tol=1e-12)
         slope = sw * _pair(act, q, star)[1]
     return math.inf if abs(math.log(slope)) < 1e-12 else -1.0 / math.log(slope)
-
-
-# ------------------------------------------------------------ the finite-width band (ReLU)
-
-@lru_cache(maxsize=256)
-def _active_law(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """k = 1..n and P(K = k | K >= 1) for K ~ Binomial(n, 1/2), the ReLU's active units."""
-    k = torch.arange(1, n + 1, dtype=torch.float64)
-    logp = torch.lgamma(torch.tensor(n + 1.0)) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1) - n * math.log(2)
-    p = logp.exp().numpy()
-    return k.numpy(), p / p.sum()
-
-
-@lru_cache(maxsize=256)
-def _active_term(n: int) -> tuple[float, float]:
-    """Mean and variance of T(n) = ln chi2_K - ln(n/2), K ~ Bin(n, 1/2) | K >= 1 (exact).
-
-    E[ln chi2_k] = psi(k/2) + ln 2 and Var[ln chi2_k] = psi'(k/2); the law of total variance
-    adds the spread of psi(K/2) over K.
-    """
-    k, p = _active_law(n)
-    half = torch.from_numpy(k / 2)
-    psi, tri = torch.special.digamma(half).numpy(), torch.special.polygamma(1, half).numpy()
-    mean = float(np.sum(p * psi)) + math.log(2) - math.log(n / 2)
-    return mean, float(np.sum(p * tri) + np.sum(p * (psi - np.sum(p * psi)) ** 2))
-
-
-def _full_term(n: int) -> tuple[float, float]:
-    """Mean and variance of U(n) = ln chi2_n - ln n (a layer's pre-activations, all n units)."""
-    half = torch.tensor(n / 2, dtype=torch.float64)
-    return float(torch.special.digamma(half)) + math.log(2 / n), float(torch.special.polygamma(1, half))
-
-
-@dataclass(frozen=True)
-class Band:
-    """Quantiles over random weight draws of a per-layer mean square, layers l = 1..L.
-
-    ``direction="forward"``: q_l = |f_l|^2 / n_l for one input with |x|^2 / n_0 = q0.
-    ``direction="backward"``: g_l / g_L with g_l = |dL/df_l|^2 / n_l, relative to the last layer.
-
-    Attributes:
-        mean_field: the mean-field value (:func:`propagate`).
-        log_mean, log_std: mean and std of ln(value / mean_field).
-        lower, median, upper: the (1-level)/2, 1/2 and (1+level)/2 quantiles of the value.
-    """
-
-    direction: str
-    level: float
-    method: str
-    mean_field: np.ndarray
-    log_mean: np.ndarray
-    log_std: np.ndarray
-    lower: np.ndarray
-    median: np.ndarray
-    upper: np.ndarray
-
-    @property
-    def decades(self) -> np.ndarray:
-        """The band's width in powers of ten, log10(upper / lower), per layer."""
-        return np.log10(self.upper / self.lower)
-
-
-def _sampled(n: tuple[int, ...], direction: str, samples: int, seed: int) -> np.ndarray:
-    """Deviations ln(value / mean_field), Monte Carlo of the per-layer law: (samples, L)."""
-    rng = np.random.default_rng(seed)
-    hidden = n[1:-1]
-    terms = np.empty((samples, len(hidden)))
-    for j, width in enumerate(hidden):
-        k, p = _active_law(width)
-        terms[:, j] = np.log(rng.chisquare(rng.choice(k, size=samples, p=p))) - math.log(width / 2)
-    if direction == "backward":
-        return np.concatenate([np.cumsum(terms[:, ::-1], axis=1)[:, ::-1], np.zeros((samples, 1))], axis=1)
-    full = np.stack([np.log(rng.chisquare(w, size=samples) / w) for w in n[1:]], axis=1)
-    return np.concatenate([np.zeros((samples, 1)), np.cumsum(terms, axis=1)], axis=1) + full
-
-
-def finite_width_band(widths: Sequence[int], sigma_w2: PerLayer = 2.0, q0: float = 1.0, *,
-                      direction: Literal["forward", "backward"] = "forward", level: float = 0.90,
-                      method: Literal["normal", "sampled"] = "normal", samples: int = 20_000,
-                      seed: int = 0) -> Band:
-    """The spread of a ReLU net's per-layer mean square over random Gaussian weights, zero biases.
-
-    Forward (exact; Hanin & Rolnick 2018): given h_{l-1}, f_l has n_l i.i.d. N(0, sigma_w2
-    |h_{l-1}|^2 / n_{l-1}) entries, of which K_l ~ Binomial(n_l, 1/2) survive the ReLU, so
-
-        ln(q_l / q_l^MF) = sum_{k<l} [ln chi2_{K_k} - ln(n_k / 2)] + [ln chi2_{n_l} - ln n_l],
-
-    independent terms (rotation invariance), whatever sigma_w2: a larger sigma_w2 only shifts
-    the band by ln(sigma_w2 / 2) per layer. K = 0 (probability 2^-n, a dead layer) is left out.
-
-    Backward (an approximation): each layer back multiplies |dL/df|^2 by (sigma_w2 / n_l)
-    chi2_{K_l}, with K_l ~ Bin(n_l, 1/2) drawn independently of the weights, the gradient
-    independence assumption of Schoenholz et al. 2017; so ln(g_l / g_L) is the sum of the
-    same terms over layers l..L-1. The per-input read-out factor at the top is left out.
-
-    ``method="normal"`` adds the terms' exact means and variances (digamma, trigamma) and
-    takes normal quantiles: deterministic, and close where the sum is near normal (its skewness
-    is -0.14 at layer 1, -0.09 at layer 10 and -0.04 at layer 50 for width 100, but -0.3 to
-    -0.75 for width 16). ``method="sampled"`` draws ``samples`` Monte Carlo values of the
-    per-layer law (exact up to Monte Carlo error; use it for narrow nets).
-
-    Args:
-        widths: (n_0, n_1, ..., n_L). sigma_w2: weight variance times fan-in, one or per layer.
-        q0: the input's mean square. level: central probability between lower and upper.
-
-    Raises:
-        ArgumentError: bad widths or variances, a level outside (0, 1), samples < 2.
-        UnknownOptionError: an unknown direction or method.
-
-    Examples:
-        >>> band = finite_width_band([100] * 51, 2.0)
-        >>> f"{band.decades[-1]:.2f}", f"{band.median[-1]:.2f}"  # vs the mean-field q_L = 2
-        ('2.29', '0.57')
-    """
-    for value, name, known in ((direction, "direction", ("forward", "backward")),
-                               (method, "method", ("normal", "sampled"))):
-        if value not in known:
-            raise UnknownOptionError(choices_message(name, value, known))
-    if not 0 < level < 1 or samples < 2:
-        raise ArgumentError(f"level must be in (0, 1) and samples >= 2; got level={level!r}, samples={samples!r}")
-    n = _widths(widths)
-    mf = propagate(n, "relu", sigma_w2, 0.0, q0)
-    mean_field = mf.q if direction == "forward" else mf.grad / mf.grad[-1]
-    z = NormalDist().inv_cdf((1 + level) / 2)
-    if method == "sampled":
-        dev = _sampled(n, direction, samples, seed)
-        mean, std = dev.mean(axis=0), dev.std(axis=0)
-        lo, mid, hi = np.quantile(dev, [(1 - level) / 2, 0.5, (1 + level) / 2], axis=0)
-    else:
-        t = np.array([_active_term(w) for w in n[1:-1]]).reshape(-1, 2)
-        if direction == "forward":
-            u = np.array([_full_term(w) for w in n[1:]])
-            mean = np.concatenate([[0.0], np.cumsum(t[:, 0])]) + u[:, 0]
-            var = np.concatenate([[0.0], np.cumsum(t[:, 1])]) + u[:, 1]
-        else:
-            mean = np.append(np.cumsum(t[::-1, 0])[::-1], 0.0)
-            var = np.append(np.cumsum(t[::-1, 1])[::-1], 0.0)
-        std = np.sqrt(var)
-        lo, mid, hi = mean - z * std, mean, mean + z * std
-    return Band(direction, level, method, mean_field, mean, std,
-                mean_field * np.exp(lo), mean_field * np.exp(mid), mean_field * np.exp(hi))
