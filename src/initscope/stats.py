@@ -20,7 +20,9 @@ fp16, bf16 and fp8 inputs widen to float32 exactly; float64 takes an exact ``fre
 NaN is told from inf by the leading mantissa bits, so a signalling NaN whose three leading
 mantissa bits are zero (never produced by arithmetic) would count as an infinity.
 Moments reduce in the tensor's precision (float32 pairwise sums, or float64) and merge in
-float64.
+float64. On the CPU a contiguous float32 tensor takes one fused pass instead of these torch
+ops, where a C++ compiler is found (:mod:`initscope._native`; ``INITSCOPE_NO_NATIVE=1``
+turns it off): the same counts and histogram, moments rounded to float32 from float64 sums.
 
 Examples:
     >>> import torch
@@ -39,6 +41,7 @@ from collections.abc import Hashable
 import numpy as np
 import torch
 
+from initscope import _native
 from initscope.errors import ShapeError
 
 __all__ = ["FORMATS", "HIST_EXPONENTS", "SATURATION_LEVEL", "Stats", "StatsAccumulator", "tensor_stats"]
@@ -329,6 +332,9 @@ def _measure(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | 
     """Queue the reductions for one floating tensor; nothing leaves the device."""
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()  # exact for fp16, bf16 and fp8
+    parts = _native.fused(x, unit_dim, band, SATURATION_LEVEL)  # one pass, where it compiles
+    if parts is not None:
+        return _Pending(parts, x.numel(), None if unit_dim is None else x.shape[unit_dim], band is not None, True)
     gpu = x.device.type != "cpu"
     if gpu:  # one Welford pass
         var, mean = torch.var_mean(x, correction=0)

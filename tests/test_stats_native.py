@@ -1,0 +1,190 @@
+"""The fused CPU kernel (initscope._native) against the torch-ops path of initscope.stats.
+
+Integer counts, the histogram (and the format counts derived from it), min and max must be
+identical. Mean and M2: the kernel reduces in float64 (per-block two-pass, blocks merged with
+Chan's formula); against an exact float64 reduction its error is a few float64 roundings per
+block plus one per merge, far below the 1e-12 tolerance used here (scaled by the data's
+magnitude, since cancellation makes a relative error of the mean itself meaningless near 0).
+The torch path sums in float32 (pairwise), so the two paths agree only to ~1e-6.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from initscope import _native
+from initscope.stats import StatsAccumulator, tensor_stats
+
+INF, NAN = float("inf"), float("nan")
+
+native = pytest.mark.skipif(_native.disabled() or _native.load() is None,
+                            reason=f"native kernel unavailable: {_native.failure or 'INITSCOPE_NO_NATIVE is set'}")
+
+
+def both(x, monkeypatch, **kw):
+    """(torch-ops path, native path) statistics of ``x``."""
+    with monkeypatch.context() as m:
+        m.setenv("INITSCOPE_NO_NATIVE", "1")
+        ref = tensor_stats(x, **kw)
+    return ref, tensor_stats(x, **kw)
+
+
+def assert_exact_counts(ref, got):
+    for name in ("count", "zeros", "nan", "posinf", "neginf", "saturated"):
+        assert getattr(got, name) == getattr(ref, name), name
+    for name in ("min", "max"):
+        a, b = getattr(ref, name), getattr(got, name)
+        assert (math.isnan(a) and math.isnan(b)) or a == b, name
+    assert got.hist.tolist() == ref.hist.tolist() and got.formats.tolist() == ref.formats.tolist()
+    assert (got.unit_nonzero is None) == (ref.unit_nonzero is None)
+    if ref.unit_nonzero is not None:
+        assert got.unit_nonzero.tolist() == ref.unit_nonzero.tolist()
+
+
+def assert_float64_moments(got, x):
+    """The kernel's float64 mean and M2 within 1e-12 of float64 numpy, relative to the data's
+    scale (per-block two-pass sums: a few roundings of 1e-16 per block and per merge); the
+    Stats carry them rounded to float32, as the torch path does."""
+    a = x.double().numpy().ravel()
+    scal = _native.load().fused_stats(x.float().contiguous(), 0, 1, False, 0.0, 0.0, False)[0].tolist()
+    if not np.isfinite(a).all():
+        with np.errstate(invalid="ignore"):
+            mean = a.mean()  # NaN, or the one infinity
+        for m in (scal[0], got.mean):
+            assert (math.isnan(m) and math.isnan(mean)) or m == mean
+        assert math.isnan(scal[1]) and math.isnan(got.m2)
+        return
+    mean, m2 = a.mean(), ((a - a.mean()) ** 2).sum()
+    scale = float(np.sqrt((a * a).mean()))
+    assert abs(scal[0] - mean) <= 1e-12 * scale
+    assert abs(scal[1] * a.size - m2) <= 1e-12 * scale * scale * a.size
+    # rounded to float32: within half a float32 ulp (2^-24 relative) of the float64 values
+    var = m2 / a.size
+    assert abs(got.mean - mean) <= 2.0**-24 * abs(mean) + 1e-12 * scale
+    if math.isinf(got.var):  # float32 overflows, as the torch path's does
+        assert var > 3.4e38
+    else:
+        assert abs(got.var - var) <= 2.0**-24 * var + 1e-12 * scale * scale
+
+
+def sample(shape, kind, seed):
+    g = torch.Generator().manual_seed(seed)
+    n = math.prod(shape)
+    x = torch.randn(n, generator=g, dtype=torch.float64)
+    if kind == "relu":
+        x = x.clamp_min(0)
+    elif kind == "wide":  # log-uniform magnitudes from float32 subnormals to near its max
+        x = torch.sign(x) * torch.exp(torch.empty(n, dtype=torch.float64).uniform_(-102, 88, generator=g))
+    elif kind == "special":
+        pick = torch.randint(0, 8, (n,), generator=g)
+        vals = torch.tensor([0.0, -0.0, INF, -INF, NAN, 1e-45, 3e38, 2.0**-126], dtype=torch.float64)
+        x = torch.where(pick < 4, vals[torch.randint(0, 8, (n,), generator=g)], x)
+    elif kind == "offset":  # large mean, small spread: cancellation in M2
+        x = 1e4 + x * 1e-2
+    return x.float().reshape(shape)
+
+
+SHAPES = [((1,), None), ((7,), None), ((5, 3), 1), ((3, 5), 0), ((64, 32, 8, 8), 1), ((2, 3, 4, 5, 6), 2),
+          ((300, 257), -1), ((16, 33, 70), -1), ((4099,), None), ((2, 70000), 0), ((8, 16, 24, 24), 1)]
+
+
+@native
+@pytest.mark.parametrize("shape,unit_dim", SHAPES)
+@pytest.mark.parametrize("kind", ["normal", "relu", "wide", "special", "offset"])
+def test_native_equals_torch_path(shape, unit_dim, kind, monkeypatch):
+    x = sample(shape, kind, seed=len(shape) * 31 + shape[0])
+    ref, got = both(x, monkeypatch, unit_dim=unit_dim, saturation=(0.25, 1.5))
+    assert_exact_counts(ref, got)
+    assert_float64_moments(got, x)
+    if math.isfinite(ref.mean) and math.isfinite(ref.m2):  # the float32 path: ~1e-6 of the scale
+        scale = max(math.sqrt(got.second_moment), 1e-30)
+        assert abs(got.mean - ref.mean) <= 1e-5 * scale
+        assert abs(got.m2 - ref.m2) <= 1e-5 * max(got.second_moment * got.count, 1e-30)
+
+
+@native
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_widens_and_takes_the_native_path(dtype, monkeypatch):
+    x = sample((64, 40), "special", seed=3).to(dtype)
+    ref, got = both(x, monkeypatch, unit_dim=1, saturation=(0.0, 1.0))
+    assert_exact_counts(ref, got)
+    assert_float64_moments(got, x.float())
+
+
+@native
+@pytest.mark.parametrize("centre,half", [(0.0, 1.0), (0.5, 0.5), (-1.3, 0.7), (0.0, 1e-3)])
+def test_saturation_threshold_is_compared_as_torch_does(centre, half, monkeypatch):
+    x = torch.tanh(torch.randn(20000, generator=torch.Generator().manual_seed(9)) * 3)
+    ref, got = both(x, monkeypatch, saturation=(centre, half))
+    assert got.saturated == ref.saturated
+
+
+@native
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threads_do_not_change_the_result(threads):
+    x = sample((40, 30, 50), "special", seed=11)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = tensor_stats(x, unit_dim=1)
+        torch.set_num_threads(threads)
+        many = tensor_stats(x, unit_dim=1)
+    finally:
+        torch.set_num_threads(before)
+    assert_exact_counts(one, many)
+    assert_float64_moments(many, x)
+
+
+@native
+def test_merging_native_parts_equals_the_whole():
+    x = sample((96, 24, 9), "normal", seed=5)
+    whole = tensor_stats(x, unit_dim=1)
+    parts = tensor_stats(x[:40], unit_dim=1).merge(tensor_stats(x[40:], unit_dim=1))
+    assert_exact_counts(whole, parts)
+    # each side is rounded to float32 before the float64 merge
+    assert parts.mean == pytest.approx(whole.mean, rel=1e-6, abs=1e-7)
+    assert parts.m2 == pytest.approx(whole.m2, rel=1e-6)
+
+
+@native
+def test_accumulator_mixes_native_and_torch_path_tensors(monkeypatch):
+    items = [("f32", torch.randn(50, 4)), ("f64", torch.randn(50, 4, dtype=torch.float64)),
+             ("strided", torch.randn(4, 50).t()), ("bf16", torch.randn(50, 4).bfloat16())]
+    acc = StatsAccumulator()
+    for key, t in items:
+        acc.add(key, t, unit_dim=1)
+    got = dict(acc.to_host())
+    for key, t in items:
+        ref, _ = both(t, monkeypatch, unit_dim=1)
+        assert_exact_counts(ref, got[key])
+
+
+def test_fallback_when_disabled(monkeypatch):
+    monkeypatch.setenv("INITSCOPE_NO_NATIVE", "1")
+    x = torch.randn(6, 5)
+    assert _native.disabled() and _native.fused(x, 1, None, 0.99) is None
+    s = tensor_stats(x, unit_dim=1)
+    assert s.count == 30 and s.unit_nonzero.tolist() == [6] * 5
+
+
+def test_fallback_for_other_tensors():
+    assert _native.fused(torch.randn(4, 3, dtype=torch.float64), 1, None, 0.99) is None
+    assert _native.fused(torch.randn(3, 4).t(), 1, None, 0.99) is None
+
+
+def test_fallback_when_the_build_fails(monkeypatch):
+    monkeypatch.setattr(_native, "_module", None)
+    monkeypatch.setattr(_native, "failure", "RuntimeError: no compiler")
+    assert _native.load() is None and _native.fused(torch.randn(3, 4), None, None, 0.99) is None
+    s = tensor_stats(torch.tensor([[0.0, 1.0], [0.0, -3.0]]), unit_dim=1)
+    assert (s.count, s.mean, s.zeros, s.dead_units) == (4, -0.5, 2, 1)
+
+
+def test_import_does_not_compile():
+    import subprocess
+    import sys
+
+    code = ("import sys, initscope, initscope.stats, initscope._native as n; "
+            "sys.exit(n._module is not None or 'torch.utils.cpp_extension' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
