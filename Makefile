@@ -24,4 +24,4 @@ bench: $(STAMP)
 	for f in benchmarks/*.py; do $(VENV)/bin/python $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) initscope-report .pytest_cache
+	rm -rf $(VENV) initscope-report initscope-experiments .pytest_cache test-artifacts

@@ -19,13 +19,7 @@ TEXTBOOK_S2 = [0.001, 0.01, 0.02, 0.1, 1.0]
 SEEDS = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread avoids oversubscription on shared CPUs; restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
