@@ -186,3 +186,15 @@ def test_not_differentiable_only_fails_when_the_derivative_is_needed():
 def test_bad_q(q):
     with pytest.raises(ArgumentError, match="q must be a finite number >= 0"):
         moments("relu", q)
+
+
+@pytest.mark.parametrize("q", [1e2, 1e4])
+def test_large_q_keeps_the_accuracy(q):
+    """For large q phi's features (|x| ~ 1) sit at |z| ~ 1/sqrt(q): the panels must follow them.
+    Before they did, tanh's E[phi'^2] at q = 1e4 was off by 1%."""
+    act = resolve("tanh")
+    value, deriv = _scalar(act)
+    edges = (-4.0, -1.0, -0.25, 0.25, 1.0, 4.0)  # split the oracle near the origin as well
+    m = moments("tanh", q)
+    assert rel(m.second, _quad(lambda x: value(x) ** 2, edges, q)) <= 1e-9
+    assert rel(m.deriv_second, _quad(lambda x: deriv(x) ** 2, edges, q)) <= 1e-9
