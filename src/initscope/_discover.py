@@ -21,7 +21,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from initscope._ops import Step, classify_function, classify_module, leaves
-from initscope._state import call, preserved, split_inputs
+from initscope._state import call, map_tensors, preserved, split_inputs
 from initscope.errors import ForwardError
 
 __all__ = ["run", "fallback"]
@@ -142,13 +142,7 @@ def _on_meta(model: nn.Module, example_input: object) -> tuple[dict, object]:
 
 def _meta_tree(obj: object) -> object:
     """The same tuples, lists and dicts with every tensor replaced by a meta tensor of its shape."""
-    if isinstance(obj, torch.Tensor):
-        return torch.empty_like(obj, device="meta")
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_meta_tree(v) for v in obj)
-    if isinstance(obj, dict):
-        return {k: _meta_tree(v) for k, v in obj.items()}
-    return obj
+    return map_tensors(obj, lambda t: torch.empty_like(t, device="meta"))
 
 
 def _run(model: nn.Module, state: dict | None, example_input: object, tracker_type) -> object:

@@ -20,7 +20,7 @@ Examples:
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,9 +28,27 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-__all__ = ["preserved", "rollback", "call", "split_inputs"]
+__all__ = ["preserved", "rollback", "call", "split_inputs", "map_tensors"]
 
 _AS_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def map_tensors(obj: Any, fn) -> Any:
+    """The same nested tuples, lists and mappings (as dicts) with ``fn`` applied to every tensor.
+
+    Examples:
+        >>> map_tensors((torch.ones(2), [3, {"a": torch.zeros(1)}]), lambda t: t.shape)
+        (torch.Size([2]), [3, {'a': torch.Size([1])}])
+    """
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, tuple):
+        return tuple(map_tensors(v, fn) for v in obj)
+    if isinstance(obj, list):
+        return [map_tensors(v, fn) for v in obj]
+    if isinstance(obj, Mapping):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    return obj
 
 
 def split_inputs(inputs: Any, *, positional: type | tuple[type, ...] = (tuple, list),

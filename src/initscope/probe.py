@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from initscope._select import ModuleSelection, select_modules
-from initscope._state import call, preserved
+from initscope._state import call, map_tensors, preserved
 from initscope.errors import ForwardError, LossError, ModelError
 from initscope.stats import StatsAccumulator
 from initscope.trace import LayerRecord, OutputRecord, ParamRecord, Trace
@@ -228,15 +228,7 @@ class Tap:
 
 def _usable(inputs: Any) -> Any:
     """Inputs with inference-mode tensors cloned (autograd refuses to save them)."""
-    if isinstance(inputs, torch.Tensor):
-        return inputs.clone() if inputs.is_inference() else inputs
-    if isinstance(inputs, tuple):
-        return tuple(_usable(x) for x in inputs)
-    if isinstance(inputs, list):
-        return [_usable(x) for x in inputs]
-    if isinstance(inputs, Mapping):
-        return {k: _usable(v) for k, v in inputs.items()}
-    return inputs
+    return map_tensors(inputs, lambda t: t.clone() if t.is_inference() else t)
 
 
 def _loss(output: Any, loss_fn: Callable | None, target: Any) -> torch.Tensor:
