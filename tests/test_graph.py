@@ -1,5 +1,6 @@
 """initscope.graph: activations found around each layer (modules, functional calls, through
 normalizations), residual branches, fallbacks without an input, hook hygiene, bad input."""
+import contextlib
 import warnings
 
 import pytest
@@ -241,3 +242,31 @@ def test_meta_and_real_runs_find_the_same_graph(name, kw, monkeypatch):
     monkeypatch.setattr(_discover, "META_MIN_ELEMENTS", float("inf"))
     real = discover(model, x)
     assert on_meta == real
+
+
+@pytest.mark.parametrize("name,kw", [("mlp", {"depth": 3}), ("transformer", {"depth": 2}), ("lstm", {"num_layers": 2})])
+def test_shape_only_linear_layers_find_the_same_graph(name, kw, monkeypatch):
+    from initscope import _discover
+    model, x = zoo.build(name, **kw)
+    quick = discover(model, x)
+    monkeypatch.setattr(_discover, "_shape_only", lambda model: contextlib.nullcontext())
+    assert quick == discover(model, x)
+
+
+class _LoRA(nn.Linear):
+    def forward(self, x):
+        self.called = True
+        return super().forward(x)
+
+
+def test_shape_only_run_leaves_linear_forward_as_found_and_skips_custom_forwards():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), _LoRA(8, 2))
+    own = lambda x: nn.Linear.forward(model[0], x)  # noqa: E731  an instance-level forward of the user's
+    model[0].forward = own
+    discover(model, torch.randn(3, 4))
+    assert model[2].called  # a subclass's own forward runs for real
+    assert model[0].forward is own and "forward" not in vars(model[2])
+    plain = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(9, 2))
+    with pytest.raises(ForwardError, match="`2` .Linear.*cannot be multiplied"):
+        discover(plain, torch.randn(3, 4))  # a rejected input: the real forward raises, naming the layer
+    assert all("forward" not in vars(m) for m in plain.modules())

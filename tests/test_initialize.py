@@ -332,3 +332,23 @@ def test_bad_input_gets_typed_errors():
     with pytest.raises(ForwardError, match="`0` .Linear.") as info:
         initialize(model, example_input=torch.randn(2, 7))
     assert info.value.layer == "0" and info.value.completed == []
+
+
+def test_the_garbage_collector_is_paused_only_during_the_call():
+    import gc
+
+    seen = []
+    model = relu_net()
+    model[0].register_forward_hook(lambda *_: seen.append(gc.isenabled()))  # runs inside discovery
+    assert gc.isenabled()
+    initialize(model, example_input=X10)
+    assert seen == [False] and gc.isenabled()
+    with pytest.raises(ForwardError):
+        initialize(model, example_input=torch.randn(2, 7))
+    assert gc.isenabled()  # restored after a failure too
+    gc.disable()
+    try:
+        initialize(model, example_input=X10)
+        assert not gc.isenabled()  # a caller's choice is kept
+    finally:
+        gc.enable()

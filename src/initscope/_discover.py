@@ -1,6 +1,7 @@
 """Drivers that feed a forward pass to a graph tracker (see :mod:`initscope.graph`).
 
-- :func:`run`: one real forward under per-module hooks and a ``TorchFunctionMode``.
+- :func:`run`: one forward under per-module hooks and a ``TorchFunctionMode``, on the
+  meta device or for real, with the arithmetic of plain ``nn.Linear`` layers skipped.
   Atomic modules (layers, norms, activations) are single steps; the function mode
   sees every other call, so functional activations in a custom forward count.
 - :func:`fallback`: a ``torch.fx`` symbolic trace, or the module registration order.
@@ -12,6 +13,7 @@ they were.
 from __future__ import annotations
 
 import contextlib
+import functools
 import weakref
 from collections.abc import Iterator
 
@@ -109,6 +111,34 @@ def _hooks(model: nn.Module, session: _Session) -> Iterator[None]:
             h.remove()
 
 
+@contextlib.contextmanager
+def _shape_only(model: nn.Module) -> Iterator[None]:
+    """Plain ``nn.Linear`` layers answer with zeros of their output's shape.
+
+    Discovery needs the data flow, not the values, and the values in a discovery run come
+    from weights about to be overwritten. A large model's forward on a small input is
+    dominated by reading those weights (a 99M-parameter transformer on 8 tokens: ~55 ms,
+    two thirds of it in its Linear layers). An input the layer would reject (wrong size,
+    dtype or device) takes the real forward, which raises as it would.
+    """
+    patched = [m for m in model.modules() if type(m).forward is nn.Linear.forward and "forward" not in vars(m)]
+    try:
+        for m in patched:
+            m.forward = functools.partial(_linear_shape, m)
+        yield
+    finally:
+        for m in patched:
+            vars(m).pop("forward", None)
+
+
+def _linear_shape(layer: nn.Linear, input: object) -> torch.Tensor:
+    w = layer.weight
+    if (not isinstance(input, torch.Tensor) or input.dim() < 1 or input.shape[-1] != layer.in_features
+            or input.dtype != w.dtype or input.device != w.device):
+        return nn.Linear.forward(layer, input)
+    return input.new_zeros((*input.shape[:-1], layer.out_features))
+
+
 #: inputs at least this large are first run on the meta device (see :func:`run`)
 META_MIN_ELEMENTS = 1 << 16
 
@@ -122,7 +152,8 @@ def run(model: nn.Module, example_input: object, tracker_type) -> object:
     arithmetic, so its cost is the Python overhead of the ops, whatever the batch or
     resolution (a 20-layer CNN at batch 64: 15 ms on meta against 230 ms for a real
     forward). Meta kernels of some ops are Python decompositions, so for small inputs a
-    real run is cheaper (a 100M transformer at 1 x 8 tokens: 105 ms on meta, 79 ms real).
+    real run is cheaper (a 100M transformer at 1 x 8 tokens: 60 ms on meta, 28 ms real).
+    Either way, plain ``nn.Linear`` layers skip their arithmetic (:func:`_shape_only`).
     A forward that cannot run on meta (``.item()``, data-dependent control flow, tensors
     made on a fixed device) is run for real, and the real run reports any error.
     """
@@ -149,7 +180,7 @@ def _run(model: nn.Module, state: dict | None, example_input: object, tracker_ty
     tracker = tracker_type(_TensorStore(), ("observed", "traced"))
     session = _Session(model, tracker)
     tracker.input(_tensors(example_input))
-    with preserved(model), torch.no_grad(), _hooks(model, session):
+    with preserved(model), torch.no_grad(), _hooks(model, session), _shape_only(model):
         try:
             with _Mode(session):
                 out = call(model, example_input) if state is None else _functional(model, state, example_input)

@@ -20,6 +20,7 @@ Examples:
 """
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-__all__ = ["preserved", "rollback", "call", "split_inputs", "map_tensors"]
+__all__ = ["preserved", "rollback", "call", "split_inputs", "map_tensors", "gc_paused"]
 
 _AS_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -152,3 +153,22 @@ def rollback(tensors: Iterable[torch.Tensor]) -> Iterator[None]:
                 t.copy_(value)
         raise
 
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for the block; it is re-enabled after, also on error.
+
+    A call that makes many short-lived objects (discovery, planning) can set off a full
+    collection, which walks every object of the process: 117 ms with torch 2.13 alone
+    imported, against ~10 ms for the rest of a 99M-parameter plan. Those temporaries hold
+    no cycles and are freed by reference counting when the call returns, so pausing skips
+    that work instead of postponing it. A collector that the caller disabled stays disabled.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()

@@ -54,7 +54,7 @@ from torch import nn
 
 from initscope._planner import Planner, check_nonlinearity
 from initscope._residual import RESIDUAL, Factors, factors
-from initscope._state import rollback
+from initscope._state import gc_paused, rollback
 from initscope.errors import ArgumentError, ModelError, UnknownOptionError, choices_message
 from initscope.graph import discover
 from initscope.init import DISTRIBUTIONS, MODES, _fill, delta_orthogonal_
@@ -132,6 +132,13 @@ def plan(model: nn.Module, scheme: str = "kaiming", example_input: object = None
         [1.0, 1.4142]
     """
     _check(scheme, seed, mode=mode, distribution=distribution, residual=residual, bias=bias, convention=convention)
+    with gc_paused():
+        return _plan(model, scheme, example_input, seed, mode, distribution, residual, bias, convention, nonlinearity)
+
+
+def _plan(model: nn.Module, scheme: str, example_input: object, seed: int, mode: str | None,
+          distribution: str | None, residual: str, bias: str, convention: str,
+          nonlinearity: ActivationLike | Mapping[str, ActivationLike] | None) -> InitPlan:
     if not any(True for _ in model.parameters()):
         raise ModelError(f"{type(model).__name__} has no parameters: nothing to initialize; "
                          "build its layers (or run a lazy model once) first")
@@ -173,15 +180,20 @@ def initialize(model: nn.Module, scheme: str = "kaiming", example_input: object 
         >>> 0.35 < h.pow(2).mean().item() < 0.7
         True
     """
-    result = plan(model, scheme, example_input, seed=seed, mode=mode, distribution=distribution,
-                  residual=residual, bias=bias, convention=convention, nonlinearity=nonlinearity)
+    with gc_paused():  # over plan and writes (see _state.gc_paused)
+        result = plan(model, scheme, example_input, seed=seed, mode=mode, distribution=distribution,
+                      residual=residual, bias=bias, convention=convention, nonlinearity=nonlinearity)
+        _apply(model, scheme, result)
+    return result
+
+
+def _apply(model: nn.Module, scheme: str, result: InitPlan) -> None:
     if scheme == "torch_default":
         _reset(model, result)
     else:
         _write(model, result)
     for name in result.norms:
         model.get_submodule(name).reset_running_stats()
-    return result
 
 
 _Job = tuple[torch.Tensor, list[PlanRow], "torch.Generator | None"]
