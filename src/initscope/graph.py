@@ -232,7 +232,10 @@ def discover(model: nn.Module, example_input: object = None) -> Graph:
     ``model(**x)`` for a dict, else ``model(x)``) in its current train/eval mode, under
     ``no_grad``, with a forked RNG; buffers (BatchNorm statistics) and every module's
     ``training`` flag are restored afterwards and no hook or mode is left behind, also when
-    the forward raises. Without it: ``torch.fx`` or registration order, and a
+    the forward raises. The run tracks data flow, not values: a large input runs on the
+    ``meta`` device, and plain ``nn.Linear`` layers skip their arithmetic (their output is
+    zeros of the right shape), so values seen by custom code in the forward are not the
+    model's. Without it: ``torch.fx`` or registration order, and a
     :class:`DiscoveryWarning`. Works on ``meta`` models (with a ``meta`` input, or none).
 
     Raises:
