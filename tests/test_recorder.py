@@ -1,5 +1,6 @@
 """Recorder: which steps it records, the bounded history, hook hygiene, run-level findings."""
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -142,3 +143,18 @@ def test_bad_arguments():
         Recorder(net, every=0)
     with pytest.raises(ModelError):
         Recorder(object())  # type: ignore[arg-type]
+
+
+def test_the_stored_table_equals_the_stats_definitions():
+    from initscope.recorder import _table
+    from initscope.stats import Stats
+
+    xs = [torch.randn(64, 8).relu(), torch.tensor([[1e-8, 7e4], [0.0, float("nan")]]), torch.tanh(torch.randn(5, 3) * 4),
+          torch.tensor([float("inf"), -float("inf"), 1.0])]
+    stats = [tensor_stats(xs[0], unit_dim=1), tensor_stats(xs[1], unit_dim=1), tensor_stats(xs[2], saturation=(0, 1)),
+             tensor_stats(xs[3]), Stats.empty(4, True)]
+    table = _table(stats)
+    for s, row in zip(stats, table):
+        for (name, fn), got in zip(STATS.items(), row):
+            want = float(fn(s))
+            assert (math.isnan(want) and math.isnan(got)) or got == want, name

@@ -244,3 +244,19 @@ def test_cuda_counts_equal_cpu_counts(dtype):
     assert cpu.unit_nonzero.tolist() == gpu.unit_nonzero.tolist()
     y = torch.randn(3000, 8, dtype=dtype)
     assert tensor_stats(y).std == pytest.approx(tensor_stats(y.cuda()).std, rel=1e-5)
+
+
+def test_the_one_copy_transfer_of_other_devices_gives_the_same_numbers(monkeypatch):
+    from initscope.stats import _transfer
+
+    monkeypatch.setenv("INITSCOPE_NO_NATIVE", "1")  # the torch-ops path, whose tensors are transferred
+    acc = StatsAccumulator()
+    xs = [torch.randn(6, 5), torch.randn(3, 4, dtype=torch.float64), torch.tensor([0.0, float("nan"), 3.0])]
+    acc.add("a", xs[0], unit_dim=1, saturation=(0.0, 1.0))
+    acc.add("b", xs[1], unit_dim=0)
+    acc.add("c", xs[2])
+    group = [p for _, p in acc._items]
+    local, copied = _transfer(group), _transfer(group, one_copy=True)
+    np.testing.assert_array_equal(local[0], copied[0])  # scalars, NaN-padded alike
+    for a, b in zip(local[1] + local[2], copied[1] + copied[2]):
+        assert a.dtype == b.dtype == np.int64 and a.tolist() == b.tolist()

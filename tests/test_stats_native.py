@@ -1,7 +1,7 @@
 """The fused CPU kernel (initscope._native) against the torch-ops path of initscope.stats.
 
 Integer counts, the histogram (and the format counts derived from it), min and max must be
-identical. Mean and M2: the kernel reduces in float64 (per-block two-pass, blocks merged with
+identical. Mean and M2: the kernel reduces in float64 (per-block shifted sums, blocks merged with
 Chan's formula); against an exact float64 reduction its error is a few float64 roundings per
 block plus one per merge, far below the 1e-12 tolerance used here (scaled by the data's
 magnitude, since cancellation makes a relative error of the mean itself meaningless near 0).
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from initscope import _native
+from initscope import _native, stats
 from initscope.stats import StatsAccumulator, tensor_stats
 
 INF, NAN = float("inf"), float("nan")
@@ -44,10 +44,13 @@ def assert_exact_counts(ref, got):
 
 def assert_float64_moments(got, x):
     """The kernel's float64 mean and M2 within 1e-12 of float64 numpy, relative to the data's
-    scale (per-block two-pass sums: a few roundings of 1e-16 per block and per merge); the
+    scale (per-block shifted sums: a few roundings of 1e-16 per block and per merge); the
     Stats carry them rounded to float32, as the torch path does."""
     a = x.double().numpy().ravel()
-    scal = _native.load().fused_stats(x.float().contiguous(), 0, 1, False, 0.0, 0.0, False)[0].tolist()
+    slab = _native.Slab()
+    _native.load().fused_stats(x.float().contiguous(), 0, 1, False, 0.0, 0.0, stats._EDGE_BITS, False,
+                               slab.scal, slab.counts, slab.nonzero, 0, 0)
+    scal = slab.scal[0].tolist()
     if not np.isfinite(a).all():
         with np.errstate(invalid="ignore"):
             mean = a.mean()  # NaN, or the one infinity
@@ -82,6 +85,14 @@ def sample(shape, kind, seed):
         x = torch.where(pick < 4, vals[torch.randint(0, 8, (n,), generator=g)], x)
     elif kind == "offset":  # large mean, small spread: cancellation in M2
         x = 1e4 + x * 1e-2
+    elif kind == "shifted":  # an outlier first (the first block's shift), then offsets that change along the data
+        x = 1e4 * torch.arange(n, dtype=torch.float64).div(n).floor_divide(0.25) + x * 1e-2
+        x[0] = 1e9
+    elif kind == "edges":  # around every format's overflow edge and float32's 2^-129, among normal values
+        edges = [480.0, 464.0, 65504.0, 65520.0, 61440.0, 57344.0, 2.0**-129, 2.0**-129 * 0.999, 2.0**-130]
+        vals = torch.tensor([e * f for e in edges for f in (1.0, 1.01, 0.99)], dtype=torch.float64)
+        pick = torch.randint(0, 40, (n,), generator=g)
+        x = torch.where(pick < len(vals), vals[pick.clamp_max(len(vals) - 1)] * torch.sign(x), x)
     return x.float().reshape(shape)
 
 
@@ -91,7 +102,7 @@ SHAPES = [((1,), None), ((7,), None), ((5, 3), 1), ((3, 5), 0), ((64, 32, 8, 8),
 
 @native
 @pytest.mark.parametrize("shape,unit_dim", SHAPES)
-@pytest.mark.parametrize("kind", ["normal", "relu", "wide", "special", "offset"])
+@pytest.mark.parametrize("kind", ["normal", "relu", "wide", "special", "offset", "shifted", "edges"])
 def test_native_equals_torch_path(shape, unit_dim, kind, monkeypatch):
     x = sample(shape, kind, seed=len(shape) * 31 + shape[0])
     ref, got = both(x, monkeypatch, unit_dim=unit_dim, saturation=(0.25, 1.5))
@@ -163,20 +174,20 @@ def test_accumulator_mixes_native_and_torch_path_tensors(monkeypatch):
 def test_fallback_when_disabled(monkeypatch):
     monkeypatch.setenv("INITSCOPE_NO_NATIVE", "1")
     x = torch.randn(6, 5)
-    assert _native.disabled() and _native.fused(x, 1, None, 0.99) is None
+    assert _native.disabled() and _native.fused(x, 1, None, 0.99, stats._EDGE_BITS, _native.Slab()) is None
     s = tensor_stats(x, unit_dim=1)
     assert s.count == 30 and s.unit_nonzero.tolist() == [6] * 5
 
 
 def test_fallback_for_other_tensors():
-    assert _native.fused(torch.randn(4, 3, dtype=torch.float64), 1, None, 0.99) is None
-    assert _native.fused(torch.randn(3, 4).t(), 1, None, 0.99) is None
+    assert _native.fused(torch.randn(4, 3, dtype=torch.float64), 1, None, 0.99, stats._EDGE_BITS, _native.Slab()) is None
+    assert _native.fused(torch.randn(3, 4).t(), 1, None, 0.99, stats._EDGE_BITS, _native.Slab()) is None
 
 
 def test_fallback_when_the_build_fails(monkeypatch):
     monkeypatch.setattr(_native, "_module", None)
     monkeypatch.setattr(_native, "failure", "RuntimeError: no compiler")
-    assert _native.load() is None and _native.fused(torch.randn(3, 4), None, None, 0.99) is None
+    assert _native.load() is None and _native.fused(torch.randn(3, 4), None, None, 0.99, stats._EDGE_BITS, _native.Slab()) is None
     s = tensor_stats(torch.tensor([[0.0, 1.0], [0.0, -3.0]]), unit_dim=1)
     assert (s.count, s.mean, s.zeros, s.dead_units) == (4, -0.5, 2, 1)
 
@@ -188,3 +199,22 @@ def test_import_does_not_compile():
     code = ("import sys, initscope, initscope.stats, initscope._native as n; "
             "sys.exit(n._module is not None or 'torch.utils.cpp_extension' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+@native
+def test_the_slab_grows_and_is_reused_without_aliasing_earlier_results(monkeypatch):
+    acc = StatsAccumulator()
+    xs = [torch.randn(3, 40 + i) for i in range(300)] + [torch.randn(2, 20000)]  # past 256 rows, 2^14 units
+    for i, x in enumerate(xs):
+        acc.add(i, x, unit_dim=1)
+    first = acc.to_host()
+    kept = [s.unit_nonzero.copy() for _, s in first]
+    for x in xs:  # the same slab again, overwritten with other data
+        acc.add(None, torch.zeros_like(x), unit_dim=1)
+    acc.to_host()
+    with monkeypatch.context() as m:
+        m.setenv("INITSCOPE_NO_NATIVE", "1")
+        ref = [tensor_stats(x, unit_dim=1) for x in xs]
+    for (_, got), want, before in zip(first, ref, kept):
+        assert_exact_counts(want, got)
+        assert got.unit_nonzero.tolist() == before.tolist()  # not a view of the reused slab

@@ -41,7 +41,7 @@ from torch.nn.parameter import is_lazy
 from initscope.diagnose import Finding, diagnose_run
 from initscope.errors import ArgumentError, ModelError
 from initscope.probe import LayerRecord, ModuleSelection, OutputRecord, ParamRecord, Tap, Trace, select_modules
-from initscope.stats import Stats, StatsAccumulator
+from initscope.stats import FORMATS, Stats, StatsAccumulator
 
 __all__ = ["Recorder", "Row", "STATS"]
 
@@ -60,7 +60,9 @@ def _fp(fmt: str, kind: str):
     return lambda s: getattr(s, kind)[fmt]
 
 
-#: The statistics written to the history for each (step, layer, phase). NaN ones are left out.
+#: The statistics written to the history for each (step, layer, phase), as functions of a
+#: Stats (the definition; :func:`_table` computes the same values for many at once). NaN ones
+#: are left out.
 STATS = {
     "mean": lambda s: s.mean, "std": lambda s: s.std, "min": lambda s: s.min, "max": lambda s: s.max,
     "zero_frac": lambda s: s.zero_frac, "nonfinite": lambda s: float(s.nonfinite),
@@ -97,7 +99,7 @@ class Recorder:
         self._step = 0
         self._tap: Tap | None = None
         self._param_hooks: list = []
-        self._steps: list[tuple[int, list[Row], dict[tuple[str, str], np.ndarray]]] = []
+        self._steps: list[_Step] = []
         self._n_rows = 0
         self._merged: dict[tuple[str, str], Stats] = {}
         self._layers: dict[str, tuple[str, bool]] = {}
@@ -166,25 +168,24 @@ class Recorder:
         self._store(per)
 
     def _store(self, per: dict[tuple[str, str], Stats]) -> None:
-        rows, hists = [], {}
-        for (layer, phase), s in per.items():
-            for stat, fn in STATS.items():
-                v = float(fn(s))
-                if v == v:
-                    rows.append(Row(self._step, layer, phase, stat, v))
-            if phase in ("forward", "backward"):
-                hists[layer, phase] = s.hist
-            self._merged[layer, phase] = self._merged[layer, phase].merge(s) if (layer, phase) in self._merged else s
-        self._steps.append((self._step, rows, hists))
-        self._n_rows += len(rows)
+        keys = list(per)
+        values = _table(list(per.values()))
+        hists = {k: s.hist for k, s in per.items() if k[1] in ("forward", "backward")}
+        for k, s in per.items():
+            self._merged[k] = self._merged[k].merge(s) if k in self._merged else s
+        self._steps.append(_Step(self._step, keys, values, int(np.count_nonzero(values == values)), hists))
+        self._n_rows += self._steps[-1].rows
         while self._n_rows > self.max_rows and len(self._steps) > 1:
             self._steps = self._steps[:-1][::2] + self._steps[-1:]
-            self._n_rows = sum(len(r) for _, r, _ in self._steps)
+            self._n_rows = sum(st.rows for st in self._steps)
 
     @property
     def history(self) -> list[Row]:
-        """All rows, oldest first."""
-        return [row for _, rows, _ in self._steps for row in rows]
+        """All rows, oldest first (made on each access from the stored tables)."""
+        names = list(STATS)
+        return [Row(st.step, layer, phase, names[j], float(v))
+                for st in self._steps for (layer, phase), row in zip(st.keys, st.values.tolist())
+                for j, v in enumerate(row) if v == v]
 
     def histograms(self, layer: str, phase: str = "forward") -> tuple[np.ndarray, np.ndarray]:
         """A layer's log2|x| histogram at each recorded step (fastai's "colorful dimension").
@@ -193,7 +194,7 @@ class Recorder:
             (steps, counts): the recorded step numbers, and int64 counts [steps, bins] with the
             bins of :attr:`initscope.stats.Stats.hist`.
         """
-        kept = [(step, h[layer, phase]) for step, _, h in self._steps if (layer, phase) in h]
+        kept = [(st.step, st.hists[layer, phase]) for st in self._steps if (layer, phase) in st.hists]
         if not kept:
             raise KeyError(f"no {phase} histogram of layer {layer!r}; recorded layers: {sorted(self._layers)[:10]}")
         return np.array([s for s, _ in kept]), np.stack([h for _, h in kept])
@@ -215,6 +216,37 @@ class Recorder:
         """Judge the whole run with the default thresholds: merged statistics plus trends
         across recorded steps. For others: ``diagnose_run(rec.trace, rec.history, thresholds)``."""
         return diagnose_run(self.trace, self.history)
+
+
+class _Step(NamedTuple):
+    """One recorded step: a float64 table [keys, STATS] (NaN where a statistic does not apply),
+    and the forward and backward histograms. Arrays, not rows of Python objects, so that a long
+    run does not fill the garbage collector's generations (a full collection walks them all)."""
+
+    step: int
+    keys: list[tuple[str, str]]
+    values: np.ndarray
+    rows: int
+    hists: dict[tuple[str, str], np.ndarray]
+
+
+def _table(stats: list[Stats]) -> np.ndarray:
+    """The values of :data:`STATS` for many Stats at once: [len(stats), len(STATS)], NaN where
+    undefined, computed as the Stats properties compute them."""
+    n = len(stats)
+    count = np.array([s.count for s in stats], np.float64)
+    cols = np.array([(s.mean, s.m2, s.min, s.max, s.zeros, s.nonfinite, s.dead_frac, s.saturation_frac)
+                     for s in stats], np.float64).reshape(n, 8)
+    fmt = np.array([s.formats for s in stats], np.float64).reshape(n, -1, 3)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = lambda v: np.where(count > 0, v / np.where(count > 0, count, 1), np.nan)  # noqa: E731
+        var = frac(cols[:, 1])
+        std = np.where(var >= 0, np.sqrt(np.where(var >= 0, var, 0)), np.nan)
+        fp16, bf16 = FORMATS.index("fp16"), FORMATS.index("bf16")
+        out = np.stack([cols[:, 0], std, cols[:, 2], cols[:, 3], frac(cols[:, 4]), cols[:, 5], cols[:, 6], cols[:, 7],
+                        frac(fmt[:, fp16, 0]), frac(fmt[:, bf16, 0]), frac(fmt[:, fp16, 2]), frac(fmt[:, bf16, 2])],
+                       axis=1)
+    return out
 
 
 def _grad_hook(acc: StatsAccumulator, name: str, grad: torch.Tensor) -> None:

@@ -35,8 +35,9 @@ Examples:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
 from collections.abc import Hashable
+from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -58,7 +59,7 @@ _EXACT_F32 = 2**24  # counts summed as float32 are exact below this
 
 
 def _format_table() -> np.ndarray:
-    """Per format: log2 smallest normal, log2 smallest subnormal, first fine code past the max."""
+    """Per format: log2 smallest normal, log2 smallest subnormal, first fine code past the max, max."""
     rows = []
     for dt in _FORMAT_DTYPES:
         fi = torch.finfo(dt)
@@ -69,6 +70,9 @@ def _format_table() -> np.ndarray:
 
 
 _FMT = _format_table()
+#: Per format, the float32 bit pattern of the overflow edge (the first fine code past the max):
+#: a finite |x| whose bits are at least this overflows the format.
+_EDGE_BITS = [int(c) << 20 for c in _FMT[:, 2]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -239,12 +243,23 @@ def _json(v: object) -> object:
 
 
 class _Pending:
-    """One tensor's statistics, still on its device."""
+    """One tensor's statistics, still on its device.
 
-    __slots__ = ("parts", "count", "units", "sat", "zeros_binned")
+    Either ``parts``, (scalars, 12-bit code histogram, nonzero counts) from the torch-ops path
+    (``zeros_binned`` says whether zeros were counted in the histogram), or ``slot``, the
+    (row, offset, width) of the fused kernel's results in the accumulator's slab: its counts
+    are the exponent histogram of |x| followed by the sub-octave counts (see :func:`_classes`).
+    """
 
-    def __init__(self, parts, count, units, sat, zeros_binned):
-        self.parts, self.count, self.units, self.sat, self.zeros_binned = parts, count, units, sat, zeros_binned
+    __slots__ = ("parts", "count", "units", "sat", "zeros_binned", "slot")
+
+    def __init__(self, parts, count, units, sat, zeros_binned, slot=None):
+        self.parts, self.count, self.units, self.sat = parts, count, units, sat
+        self.zeros_binned, self.slot = zeros_binned, slot
+
+    @property
+    def exponents(self) -> bool:
+        return self.slot is not None
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -328,13 +343,15 @@ def _nonzero(nz: torch.Tensor, unit_dim: int | None) -> tuple[int | None, torch.
     return units, nz.sum(dims, dtype=wide)
 
 
-def _measure(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | None) -> _Pending:
+def _measure(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | None,
+             slab: _native.Slab) -> _Pending:
     """Queue the reductions for one floating tensor; nothing leaves the device."""
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()  # exact for fp16, bf16 and fp8
-    parts = _native.fused(x, unit_dim, band, SATURATION_LEVEL)  # one pass, where it compiles
-    if parts is not None:
-        return _Pending(parts, x.numel(), None if unit_dim is None else x.shape[unit_dim], band is not None, True)
+    slot = _native.fused(x, unit_dim, band, SATURATION_LEVEL, _EDGE_BITS, slab)  # one pass, where it compiles
+    if slot is not None:
+        units = None if unit_dim is None else x.shape[unit_dim]
+        return _Pending(None, x.numel(), units, band is not None, True, slot=slot)
     gpu = x.device.type != "cpu"
     if gpu:  # one Welford pass
         var, mean = torch.var_mean(x, correction=0)
@@ -368,6 +385,7 @@ class StatsAccumulator:
 
     def __init__(self) -> None:
         self._items: list[tuple[Hashable, _Pending | Stats]] = []
+        self._slab: _native.Slab | None = None  # host buffers of the fused kernel, made on first use
 
     def __len__(self) -> int:
         return len(self._items)
@@ -391,72 +409,125 @@ class StatsAccumulator:
             units = None if unit_dim is None else x.shape[unit_dim]
             self._items.append((key, Stats.empty(units, saturation is not None)))
             return
-        self._items.append((key, _measure(x, unit_dim, saturation)))
+        if self._slab is None and x.device.type == "cpu":
+            self._slab = _native.Slab()
+        self._items.append((key, _measure(x, unit_dim, saturation, self._slab)))
 
     def to_host(self) -> list[tuple[Hashable, Stats]]:
         """Move everything to the host (one transfer per device), decode, and clear."""
         items, self._items = self._items, []
         done = {i: s for i, (_, s) in enumerate(items) if isinstance(s, Stats)}
+        fused = [i for i, (_, p) in enumerate(items) if isinstance(p, _Pending) and p.slot is not None]
+        if fused:
+            group = [items[i][1] for i in fused]
+            done.update(zip(fused, _decode(*self._slab.read([p.slot for p in group]), group)))
         by_dev: dict[torch.device, list[int]] = {}
         for i, (_, p) in enumerate(items):
-            if isinstance(p, _Pending):
+            if isinstance(p, _Pending) and p.slot is None:
                 by_dev.setdefault(p.parts[0].device, []).append(i)
         for idx in by_dev.values():
             group = [items[i][1] for i in idx]
             done.update(zip(idx, _decode(*_transfer(group), group)))
+        if self._slab is not None:
+            self._slab.clear()
         return [(key, done[i]) for i, (key, _) in enumerate(items)]
 
 
-def _transfer(group: list[_Pending]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """One device-to-host copy of a group's numbers: scalars [L, 5], raw codes, nonzero counts."""
-    scal = [torch.nn.functional.pad(p.parts[0], (0, 5 - p.parts[0].numel())) for p in group]
-    pieces = [torch.stack([s.to(torch.float64) for s in scal]).reshape(-1)]
+def _transfer(group: list[_Pending], one_copy: bool | None = None) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """One device-to-host copy of a group's numbers: scalars [L, 5] (NaN-padded), and per tensor
+    its counts and its nonzero counts (int64). On the CPU nothing is copied or widened, unless
+    ``one_copy`` asks for the path other devices take (tests compare the two)."""
+    n = len(group)
+    sizes = [p.parts[0].numel() for p in group]
+    order: list[tuple[int, int]] = []  # (tensor, part) in the order of the pieces
+    pieces = [torch.cat([p.parts[0].to(torch.float64) for p in group])]
     for k in (1, 2):  # cat per dtype, then widen once
-        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-        for p in group:
-            by_dtype.setdefault(p.parts[k].dtype, []).append(p.parts[k])
-        pieces += [torch.cat(ts).to(torch.float64) for ts in by_dtype.values()]
-    flat = torch.cat(pieces).cpu().numpy()
-    n, at = len(group), 5 * len(group)
-    raw, nonzero = np.zeros((n, _CODES + 2)), [np.empty(0)] * n
-    for k in (1, 2):
-        for dtype in dict.fromkeys(p.parts[k].dtype for p in group):
-            for i, p in enumerate(group):
-                if p.parts[k].dtype == dtype:
-                    m = p.parts[k].numel()
-                    if k == 1:
-                        raw[i, :m] = flat[at:at + m]
-                    else:
-                        nonzero[i] = np.rint(flat[at:at + m]).astype(np.int64)
-                    at += m
-    return flat[:5 * n].reshape(n, 5), np.rint(raw).astype(np.int64), nonzero
+        by_dtype: dict[torch.dtype, list[int]] = {}
+        for i, p in enumerate(group):
+            by_dtype.setdefault(p.parts[k].dtype, []).append(i)
+        for idx in by_dtype.values():
+            pieces.append(torch.cat([group[i].parts[k] for i in idx]))
+            order += [(i, k) for i in idx]
+    if not (pieces[0].device.type != "cpu" if one_copy is None else one_copy):
+        flat = pieces[0].numpy()
+        ints = np.concatenate([t.numpy() if t.dtype == torch.int64 else np.rint(t.double().numpy()).astype(np.int64)
+                               for t in pieces[1:]])
+    else:  # one copy: everything as float64 (counts are whole numbers, exact below 2^53)
+        both = torch.cat([pieces[0], *(t.to(torch.float64) for t in pieces[1:])]).cpu().numpy()
+        flat, ints = both[:sum(sizes)], np.rint(both[sum(sizes):]).astype(np.int64)
+    scal = np.full((n, 5), np.nan)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    for width in set(sizes):
+        rows = np.flatnonzero(np.array(sizes) == width)
+        scal[rows, :width] = flat[starts[rows, None] + np.arange(width)]
+    out: dict[int, list[np.ndarray]] = {1: [np.empty(0, np.int64)] * n, 2: [np.empty(0, np.int64)] * n}
+    at = 0
+    for i, k in order:
+        m = group[i].parts[k].numel()
+        out[k][i] = ints[at:at + m]
+        at += m
+    return scal, out[1], out[2]
 
 
-def _decode(scal: np.ndarray, raw: np.ndarray, nonzero: list[np.ndarray], group: list[_Pending]) -> list[Stats]:
+class _Classes(NamedTuple):
+    """Per tensor (rows), the counts every Stats field is made from."""
+
+    octaves: np.ndarray    # [n, 256] exponent byte of |x|: 0 zeros and subnormals, 255 inf and NaN
+    huge: np.ndarray       # finite |x| >= 2^128 (float64 data only)
+    tiny: np.ndarray       # nonzero |x| < 2^-129
+    over: np.ndarray       # [n, len(FORMATS)] finite values at or past each format's overflow edge
+    nan: np.ndarray
+    posinf: np.ndarray
+    neginf: np.ndarray
+
+
+def _classes(counts: list[np.ndarray], group: list[_Pending], zeros: np.ndarray) -> _Classes:
+    """The counts of both layouts (code histograms, kernel exponent counts) in one form."""
+    n = len(group)
+    octaves, huge, tiny = np.zeros((n, 256), np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    over, special = np.zeros((n, len(FORMATS)), np.int64), np.zeros((n, 3), np.int64)
+    kernel = [i for i, p in enumerate(group) if p.exponents]
+    if kernel:  # [256 exponents, below 2^-129, one per format, NaN, +inf, -inf]
+        k = np.stack([counts[i] for i in kernel])
+        octaves[kernel], tiny[kernel] = k[:, :256], k[:, 256]
+        over[kernel], special[kernel] = k[:, 257:257 + len(FORMATS)], k[:, 257 + len(FORMATS):]
+    codes = [i for i, p in enumerate(group) if not p.exponents]
+    if codes:
+        raw = np.zeros((len(codes), _CODES + 2), np.int64)
+        for row, i in enumerate(codes):
+            raw[row, :counts[i].size] = counts[i]
+        signed = raw[:, :_CODES].reshape(-1, 2, 256, 8)
+        fine = signed.sum(1)  # [tensor, biased exponent, 3 mantissa bits]
+        binned = zeros[codes] * np.array([group[i].zeros_binned for i in codes])  # the GPU leaves zeros out
+        octaves[codes] = fine.sum(-1)
+        octaves[codes, 0] += zeros[codes] - binned
+        huge[codes] = raw[:, _CODES] + raw[:, _CODES + 1]
+        tiny[codes] = fine[:, 0, 0] - binned
+        # above[:, c]: finite codes >= c, c = exponent * 8 + bits
+        above = np.concatenate([fine.reshape(-1, 2048)[:, :255 * 8][:, ::-1].cumsum(1)[:, ::-1],
+                                np.zeros((len(codes), 1), np.int64)], axis=1)
+        over[codes] = above[:, _FMT[:, 2].astype(int)] + huge[codes, None]
+        special[codes] = np.stack([fine[:, 255, 1:].sum(-1), signed[:, 1, 255, 0], signed[:, 0, 255, 0]], axis=1)
+    return _Classes(octaves, huge, tiny, over, special[:, 0], special[:, 1], special[:, 2])
+
+
+def _decode(scal: np.ndarray, counts: list[np.ndarray], nonzero: list[np.ndarray], group: list[_Pending]) -> list[Stats]:
     """Turn the transferred numbers back into Stats, all tensors of a group at once."""
-    counts = np.array([p.count for p in group])
-    zeros = counts - np.array([nz.sum() for nz in nonzero])
-    signed = raw[:, :_CODES].reshape(-1, 2, 256, 8)
-    fine = signed.sum(1)  # [tensor, biased exponent, 3 mantissa bits]
-    octaves = fine[:, 1:255].sum(-1)
-    binned = zeros * np.array([p.zeros_binned for p in group])  # the GPU histogram leaves zeros out
-    tiny = fine[:, 0].sum(-1) - binned
-    huge = raw[:, _CODES] + raw[:, _CODES + 1]
-    nan = fine[:, 255, 1:].sum(-1)
-    neginf, posinf = signed[:, 0, 255, 0], signed[:, 1, 255, 0]
-    hist = np.concatenate([zeros[:, None], tiny[:, None], octaves, huge[:, None],
-                           (nan + posinf + neginf)[:, None]], axis=1)
-    # below[:, j]: nonzero |x| < 2^(j - 126); above[:, c]: finite codes >= c, c = exponent * 8 + bits
-    zero_col = np.zeros((len(group), 1), np.int64)
-    below = tiny[:, None] + np.concatenate([zero_col, octaves.cumsum(1)], axis=1)
-    above = np.concatenate([fine.reshape(-1, 2048)[:, :255 * 8][:, ::-1].cumsum(1)[:, ::-1], zero_col], axis=1)
-    norm, sub, code, fmax = (_FMT[:, k] for k in range(4))
-    flush = np.where(sub >= -126, below[:, np.maximum(sub, -126).astype(int) + 126], (fine[:, 0, 0] - binned)[:, None])
-    over = above[:, code.astype(int)] + huge[:, None]
-    fmt = np.stack([below[:, norm.astype(int) + 126], flush, over], axis=-1)
-    m2 = scal[:, 1] * counts
+    total = np.array([p.count for p in group])
+    zeros = total - np.array([nz.sum() for nz in nonzero])
+    c = _classes(counts, group, zeros)
+    subnormal = c.octaves[:, 0] - zeros  # 0 < |x| < 2^-126
+    octaves = c.octaves[:, 1:255]
+    hist = np.concatenate([zeros[:, None], subnormal[:, None], octaves, c.huge[:, None],
+                           (c.nan + c.posinf + c.neginf)[:, None]], axis=1)
+    # below[:, j]: nonzero |x| < 2^(j - 126)
+    below = subnormal[:, None] + np.concatenate([np.zeros((len(group), 1), np.int64), octaves.cumsum(1)], axis=1)
+    norm, sub = _FMT[:, 0].astype(int), _FMT[:, 1].astype(int)
+    flush = np.where(sub >= -126, below[:, np.maximum(sub, -126) + 126], c.tiny[:, None])
+    fmt = np.stack([below[:, norm + 126], flush, c.over], axis=-1)
+    m2 = scal[:, 1] * total
     return [Stats(int(p.count), float(scal[i, 0]), float(m2[i]), float(scal[i, 2]), float(scal[i, 3]),
-                  int(zeros[i]), int(nan[i]), int(posinf[i]), int(neginf[i]), hist[i], fmt[i],
+                  int(zeros[i]), int(c.nan[i]), int(c.posinf[i]), int(c.neginf[i]), hist[i], fmt[i],
                   nonzero[i] if p.units is not None else None, int(round(scal[i, 4])) if p.sat else None)
             for i, p in enumerate(group)]
 
