@@ -218,3 +218,22 @@ def test_the_slab_grows_and_is_reused_without_aliasing_earlier_results(monkeypat
     for (_, got), want, before in zip(first, ref, kept):
         assert_exact_counts(want, got)
         assert got.unit_nonzero.tolist() == before.tolist()  # not a view of the reused slab
+
+
+@native
+def test_a_slow_load_says_that_it_compiles(monkeypatch, capfd):
+    import time
+
+    from torch.utils import cpp_extension
+
+    real = cpp_extension.load
+    monkeypatch.setattr(cpp_extension, "load", lambda *a, **k: (time.sleep(0.3), real(*a, **k))[1])  # a slow build
+    monkeypatch.setattr(_native, "_module", None)
+    monkeypatch.setattr(_native, "NOTICE_AFTER_S", 0.05)
+    assert _native.load() is not None
+    assert "compiling the fused statistics kernel" in capfd.readouterr().err
+    monkeypatch.setattr(_native, "_module", None)
+    monkeypatch.setattr(cpp_extension, "load", real)
+    monkeypatch.setattr(_native, "NOTICE_AFTER_S", 600.0)  # a quick (cached) load is quiet
+    assert _native.load() is not None
+    assert capfd.readouterr().err == ""

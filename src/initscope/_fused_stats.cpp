@@ -340,7 +340,8 @@ void fused_stats(const at::Tensor& x, int64_t units, int64_t inner, bool band, d
     all.posinf += part.posinf;
     all.neginf += part.neginf;
     for (int f = 0; f < kFormats; ++f) all.over[f] += part.over[f];
-    for (int64_t j = 0; j < kSub * kExp; ++j) h[j % kExp] += part.hist[j];
+    for (int64_t j = 0; j < kSub; ++j)
+      for (int64_t b = 0; b < kExp; ++b) h[b] += part.hist[j * kExp + b];
     for (int64_t u = 0; u < units; ++u) nzc[u] += part.units[u];
   }
   h[kExp] = all.tiny;

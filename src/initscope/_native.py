@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -32,6 +33,11 @@ from pathlib import Path
 import torch
 
 _SOURCE = Path(__file__).with_name("_fused_stats.cpp")
+_NAME = "initscope_fused_stats"
+#: Seconds of loading after which a line on stderr says that the kernel is being compiled.
+NOTICE_AFTER_S = 2.0
+_NOTICE = ("initscope: compiling the fused statistics kernel, once per machine (about 30 s; "
+           "INITSCOPE_NO_NATIVE=1 skips it)")
 _lock = threading.Lock()
 _module: object | None = None
 #: Why the kernel is not in use ("" while it has not been tried or is in use).
@@ -43,6 +49,11 @@ def disabled() -> bool:
     return os.environ.get("INITSCOPE_NO_NATIVE", "") not in ("", "0")
 
 
+def available() -> bool:
+    """Whether :func:`fused` will measure (not disabled, and compiled or compiling now)."""
+    return not disabled() and load() is not None
+
+
 def load() -> object | None:
     """The compiled extension, compiling it on the first call; None if that fails."""
     global _module, failure
@@ -51,18 +62,29 @@ def load() -> object | None:
     with _lock:
         if _module is None and not failure:
             try:
-                from torch.utils import cpp_extension
-
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    if not cpp_extension.is_ninja_available():
-                        raise RuntimeError("ninja is not installed (pip install ninja)")
-                    _module = cpp_extension.load(
-                        "initscope_fused_stats", [str(_SOURCE)], extra_cflags=["-O3", "-fopenmp"],
-                        extra_ldflags=["-fopenmp"], verbose=False)
+                _module = _build()
             except Exception as e:  # no compiler, no ninja, a failed build: fall back quietly
                 failure = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
     return _module
+
+
+def _build() -> object:
+    """Load the cached build (well under a second) or compile; a load that takes longer than
+    NOTICE_AFTER_S is a compile, and a line on stderr says so."""
+    from torch.utils import cpp_extension
+
+    if not cpp_extension.is_ninja_available():
+        raise RuntimeError("ninja is not installed (pip install ninja)")
+    notice = threading.Timer(NOTICE_AFTER_S, lambda: print(_NOTICE, file=sys.stderr, flush=True))
+    notice.daemon = True
+    notice.start()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cpp_extension.load(_NAME, [str(_SOURCE)], extra_cflags=["-O3", "-fopenmp"],
+                                      extra_ldflags=["-fopenmp"], verbose=False)
+    finally:
+        notice.cancel()
 
 
 #: Width of a counts row (see ``_fused_stats.cpp``): 256 exponent bins of |x|, values below

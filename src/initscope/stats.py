@@ -20,7 +20,7 @@ fp16, bf16 and fp8 inputs widen to float32 exactly; float64 takes an exact ``fre
 NaN is told from inf by the leading mantissa bits, so a signalling NaN whose three leading
 mantissa bits are zero (never produced by arithmetic) would count as an infinity.
 Moments reduce in the tensor's precision (float32 pairwise sums, or float64) and merge in
-float64. On the CPU a contiguous float32 tensor takes one fused pass instead of these torch
+float64. On the CPU a float32 tensor (made contiguous first) takes one fused pass instead of these torch
 ops, where a C++ compiler is found (:mod:`initscope._native`; ``INITSCOPE_NO_NATIVE=1``
 turns it off): the same counts and histogram, moments rounded to float32 from float64 sums.
 
@@ -348,6 +348,8 @@ def _measure(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | 
     """Queue the reductions for one floating tensor; nothing leaves the device."""
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()  # exact for fp16, bf16 and fp8
+    if x.dtype == torch.float32 and x.device.type == "cpu" and not x.is_contiguous() and _native.available():
+        x = x.contiguous()  # a copy costs less than the torch-ops path's ten passes
     slot = _native.fused(x, unit_dim, band, SATURATION_LEVEL, _EDGE_BITS, slab)  # one pass, where it compiles
     if slot is not None:
         units = None if unit_dim is None else x.shape[unit_dim]
