@@ -247,7 +247,7 @@ def test_cuda_counts_equal_cpu_counts(dtype):
 
 
 def test_the_one_copy_transfer_of_other_devices_gives_the_same_numbers(monkeypatch):
-    from initscope.stats import _transfer
+    from initscope._decode import _transfer
 
     monkeypatch.setenv("INITSCOPE_NO_NATIVE", "1")  # the torch-ops path, whose tensors are transferred
     acc = StatsAccumulator()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from initscope import _native, stats
+from initscope import _measure, _native
 from initscope.stats import StatsAccumulator, tensor_stats
 
 INF, NAN = float("inf"), float("nan")
@@ -48,7 +48,7 @@ def assert_float64_moments(got, x):
     Stats carry them rounded to float32, as the torch path does."""
     a = x.double().numpy().ravel()
     slab = _native.Slab()
-    _native.load().fused_stats(x.float().contiguous(), 0, 1, False, 0.0, 0.0, stats._EDGE_BITS, False,
+    _native.load().fused_stats(x.float().contiguous(), 0, 1, False, 0.0, 0.0, _measure._EDGE_BITS, False,
                                slab.scal, slab.counts, slab.nonzero, 0, 0)
     scal = slab.scal[0].tolist()
     if not np.isfinite(a).all():
@@ -174,20 +174,20 @@ def test_accumulator_mixes_native_and_torch_path_tensors(monkeypatch):
 def test_fallback_when_disabled(monkeypatch):
     monkeypatch.setenv("INITSCOPE_NO_NATIVE", "1")
     x = torch.randn(6, 5)
-    assert _native.disabled() and _native.fused(x, 1, None, 0.99, stats._EDGE_BITS, _native.Slab()) is None
+    assert _native.disabled() and _native.fused(x, 1, None, 0.99, _measure._EDGE_BITS, _native.Slab()) is None
     s = tensor_stats(x, unit_dim=1)
     assert s.count == 30 and s.unit_nonzero.tolist() == [6] * 5
 
 
 def test_fallback_for_other_tensors():
-    assert _native.fused(torch.randn(4, 3, dtype=torch.float64), 1, None, 0.99, stats._EDGE_BITS, _native.Slab()) is None
-    assert _native.fused(torch.randn(3, 4).t(), 1, None, 0.99, stats._EDGE_BITS, _native.Slab()) is None
+    assert _native.fused(torch.randn(4, 3, dtype=torch.float64), 1, None, 0.99, _measure._EDGE_BITS, _native.Slab()) is None
+    assert _native.fused(torch.randn(3, 4).t(), 1, None, 0.99, _measure._EDGE_BITS, _native.Slab()) is None
 
 
 def test_fallback_when_the_build_fails(monkeypatch):
     monkeypatch.setattr(_native, "_module", None)
     monkeypatch.setattr(_native, "failure", "RuntimeError: no compiler")
-    assert _native.load() is None and _native.fused(torch.randn(3, 4), None, None, 0.99, stats._EDGE_BITS, _native.Slab()) is None
+    assert _native.load() is None and _native.fused(torch.randn(3, 4), None, None, 0.99, _measure._EDGE_BITS, _native.Slab()) is None
     s = tensor_stats(torch.tensor([[0.0, 1.0], [0.0, -3.0]]), unit_dim=1)
     assert (s.count, s.mean, s.zeros, s.dead_units) == (4, -0.5, 2, 1)
 

@@ -1,5 +1,5 @@
 // One pass over a contiguous float32 CPU tensor for initscope.stats: the numbers the torch-ops
-// path in stats._measure produces, read from memory once.
+// path in initscope._measure produces, read from memory once.
 //
 // The tensor is cut into blocks of kBlock values (8 KiB, resident in L1). Each block is read
 // from memory once and then scanned in cache: a vectorised pass for the block's sum and M2

@@ -4,7 +4,7 @@ The torch-ops path reads a tensor about ten times (mean, var, aminmax, ne, per-u
 the shift to codes, bincount...). ``_fused_stats.cpp`` reads a contiguous float32 CPU tensor
 once, in L1-sized blocks, and returns the scalars, the exponent histogram of |x| with the few
 sub-octave counts the formats need (values below 2^-129, values past each overflow edge, NaN
-and each infinity), and the nonzero counts; :func:`initscope.stats._classes` reads both layouts.
+and each infinity), and the nonzero counts; :func:`initscope._decode._classes` reads both layouts.
 
 It is compiled with :func:`torch.utils.cpp_extension.load` on first use (never at import),
 into torch's extension cache, so a machine pays the compile once. Whenever it cannot be
