@@ -340,8 +340,9 @@ def test_bad_options_and_names():
     failing(model, x, ArgumentError, "tol", "> 0", "-1", tol=-1)
     failing(model, x, ArgumentError, "target_std", "nan", target_std=float("nan"))
     failing(model, x, ArgumentError, "max_passes", ">= 2", max_passes=1)
-    failing(model, [x, x], ForwardError, "TypeError", "positional")
-    failing(model, "text", ArgumentError, "tensor, a tuple/list", "got str")
+    failing(model, (x, x), ForwardError, "TypeError", "positional")
+    failing(model, [x, x], ForwardError, "TypeError", "not list")  # a list is the one argument
+    failing(model, "text", ArgumentError, "tensor or a list", "got str")
 
 
 def test_a_forward_that_raises_is_named_and_undone():

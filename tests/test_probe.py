@@ -341,3 +341,30 @@ def test_cuda_statistics_match_cpu_and_hooks_do_not_synchronise():
             torch.cuda.set_sync_debug_mode(0)
     host = tap.acc.to_host()
     assert len(host) == 8 and all(s.count for _, s in host)
+
+
+class _TakesAList(nn.Module):
+    """forward(xs): one argument, a list of two tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(5, 3)
+
+    def forward(self, xs):
+        return torch.relu(self.a(xs[0]) + self.b(xs[1]))
+
+
+class _TakesTwo(_TakesAList):
+    def forward(self, x, y):
+        return super().forward([x, y])
+
+
+def test_probe_lsuv_and_discovery_read_inputs_by_one_rule():
+    from initscope import lsuv
+    from initscope.graph import discover
+
+    pair = [torch.randn(16, 4), torch.randn(16, 5)]
+    for model, inputs in ((_TakesAList(), pair), (_TakesTwo(), tuple(pair))):  # a list is one argument; a tuple is unpacked
+        assert [r.name for r in probe(model, inputs).layers] == ["a", "b"]
+        assert set(discover(model, inputs).layers) == {"a", "b"}
+        assert lsuv(model, inputs, pre_init=None).passes >= 1

@@ -52,24 +52,23 @@ def map_tensors(obj: Any, fn) -> Any:
     return obj
 
 
-def split_inputs(inputs: Any, *, positional: type | tuple[type, ...] = (tuple, list),
-                 keywords: type = dict) -> tuple[tuple, dict]:
-    """(args, kwargs) for ``model(*args, **kwargs)``.
+def split_inputs(inputs: Any) -> tuple[tuple, dict]:
+    """(args, kwargs) for ``model(*args, **kwargs)``: the one rule of probe, lsuv and discovery.
 
-    ``positional`` instances are unpacked as positional arguments, ``keywords`` instances
-    as keyword arguments; anything else is the one positional argument.
+    A tuple is unpacked as positional arguments and a mapping as keyword arguments; anything
+    else, a tensor or a list of tensors, is the one positional argument (a model that takes a
+    list gets it; several arguments go in a tuple).
     """
-    if isinstance(inputs, positional):
-        return tuple(inputs), {}
-    if isinstance(inputs, keywords):
+    if isinstance(inputs, tuple):
+        return inputs, {}
+    if isinstance(inputs, Mapping):
         return (), dict(inputs)
     return (inputs,), {}
 
 
-def call(model: nn.Module, inputs: Any, *, positional: type | tuple[type, ...] = (tuple, list),
-         keywords: type = dict) -> Any:
+def call(model: nn.Module, inputs: Any) -> Any:
     """``model(*inputs)``, ``model(**inputs)`` or ``model(inputs)``, as :func:`split_inputs` says."""
-    args, kwargs = split_inputs(inputs, positional=positional, keywords=keywords)
+    args, kwargs = split_inputs(inputs)
     return model(*args, **kwargs)
 
 

@@ -228,8 +228,8 @@ class Tracker:
 def discover(model: nn.Module, example_input: object = None) -> Graph:
     """Find each weight layer's producers and consumers, and the residual branches.
 
-    With ``example_input`` the model runs once (``model(*x)`` for a tuple or list,
-    ``model(**x)`` for a dict, else ``model(x)``) in its current train/eval mode, under
+    With ``example_input`` the model runs once (``model(*x)`` for a tuple,
+    ``model(**x)`` for a dict, else ``model(x)``, a list too) in its current train/eval mode, under
     ``no_grad``, with a forked RNG; buffers (BatchNorm statistics) and every module's
     ``training`` flag are restored afterwards and no hook or mode is left behind, also when
     the forward raises. The run tracks data flow, not values: a large input runs on the

@@ -195,7 +195,8 @@ def _check_args(target_std: float, tol: float, pre_init: str | None, max_passes:
 def _check_batch(batch: Any) -> None:
     """Reject a batch of the wrong type or with NaN/inf values, naming the offending tensor."""
     if not isinstance(batch, (torch.Tensor, list, tuple, dict)):
-        raise ArgumentError(f"batch must be a tensor, a tuple/list (model(*batch)) or a dict (model(**batch)); "
+        raise ArgumentError(f"batch must be a tensor or a list (model(batch)), a tuple (model(*batch)) or a dict "
+                            f"(model(**batch)); "
                             f"got {type(batch).__name__}")
     items = batch.items() if isinstance(batch, dict) else enumerate(batch) if isinstance(batch, (list, tuple)) \
         else [(None, batch)]
@@ -316,7 +317,7 @@ def lsuv(model: nn.Module, batch: Any, *, target_std: float = 1.0, center: bool 
 
     Args:
         model: the network; changed in place.
-        batch: a real batch on the model's device: a tensor (``model(batch)``), a tuple/list
+        batch: a real batch on the model's device: a tensor or a list (``model(batch)``), a tuple
             (``model(*batch)``) or a dict (``model(**batch)``).
         target_std: the std each layer's output should have.
         center: also shift biases so each output has mean 0 (a layer without bias keeps its

@@ -267,7 +267,8 @@ def probe(model: nn.Module, inputs: Any, *, loss_fn: Callable | None = None, tar
 
     Args:
         model: the network; it is left bitwise as found, also when it raises.
-        inputs: a tensor, a tuple of positional arguments, or a dict of keyword arguments.
+        inputs: a tensor (or a list, passed as one argument), a tuple of positional arguments, or a
+            dict of keyword arguments.
         loss_fn: ``loss_fn(output, target)`` (or ``loss_fn(output)`` without a target) giving a
             scalar. Default: ``0.5 * output.pow(2).mean()``, least squares against target 0,
             summed over the output's floating tensors.
@@ -306,7 +307,7 @@ def probe(model: nn.Module, inputs: Any, *, loss_fn: Callable | None = None, tar
         for name, p in params:
             tap.acc.add(("value", name), p)
         try:
-            output = call(model, inputs, positional=tuple, keywords=Mapping)
+            output = call(model, inputs)
         except Exception as e:
             raise _fail(tap, e, "forward") from e
         if backward:
