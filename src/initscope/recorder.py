@@ -98,6 +98,7 @@ class Recorder:
         self._params = list(dict((id(p), (n, p)) for n, p in model.named_parameters() if not is_lazy(p)).values())
         self._step = 0
         self._tap: Tap | None = None
+        self._acc = StatsAccumulator()
         self._param_hooks: list = []
         self._steps: list[_Step] = []
         self._n_rows = 0
@@ -134,7 +135,8 @@ class Recorder:
     def _arm(self) -> None:
         if self._step % self.every or self._tap is not None:
             return
-        self._tap = Tap(self.model, self.watched, StatsAccumulator()).__enter__()
+        self._acc.clear()  # one accumulator for the run: its buffers are reused step after step
+        self._tap = Tap(self.model, self.watched, self._acc).__enter__()
         acc = self._tap.acc
         for name, p in self._params:
             acc.add(("value", name), p)

@@ -237,6 +237,12 @@ class StatsAccumulator:
     def __len__(self) -> int:
         return len(self._items)
 
+    def clear(self) -> None:
+        """Drop everything queued; the host buffers are kept for reuse."""
+        self._items = []
+        if self._slab is not None:
+            self._slab.clear()
+
     def add(self, key: Hashable, x: torch.Tensor, *, unit_dim: int | None = None,
             saturation: tuple[float, float] | None = None) -> None:
         """Queue the statistics of a floating tensor under ``key``.
