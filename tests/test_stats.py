@@ -260,3 +260,24 @@ def test_the_one_copy_transfer_of_other_devices_gives_the_same_numbers(monkeypat
     np.testing.assert_array_equal(local[0], copied[0])  # scalars, NaN-padded alike
     for a, b in zip(local[1] + local[2], copied[1] + copied[2]):
         assert a.dtype == b.dtype == np.int64 and a.tolist() == b.tolist()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_accelerator_variant_of_the_torch_path_decodes_to_the_same_stats(seed, monkeypatch):
+    """The GPU layout (histc without zeros, float32 counts, one float64 copy) run on the CPU:
+    CI has no GPU, so this is where its decoding is checked against the CPU path."""
+    from initscope import _measure
+
+    monkeypatch.setenv("INITSCOPE_NO_NATIVE", "1")
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(8, 6, 5, generator=g) * torch.tensor([1e-40, 1e-8, 1.0, 3e4, 7e4, 1e38]).view(1, 6, 1)
+    x = x.float().relu()
+    x[0, 0, :2] = torch.tensor([float("nan"), -float("inf")])
+    ref = tensor_stats(x, unit_dim=1, saturation=(0.0, 1.0))
+    monkeypatch.setattr(_measure, "_device_path", lambda t: True)
+    got = tensor_stats(x, unit_dim=1, saturation=(0.0, 1.0))
+    for name in ("count", "zeros", "nan", "posinf", "neginf", "saturated"):
+        assert getattr(got, name) == getattr(ref, name), name
+    assert got.hist.tolist() == ref.hist.tolist() and got.formats.tolist() == ref.formats.tolist()
+    assert got.unit_nonzero.tolist() == ref.unit_nonzero.tolist()
+    assert math.isnan(got.min) and math.isnan(ref.min)

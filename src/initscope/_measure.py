@@ -126,7 +126,7 @@ def _count(codes: torch.Tensor, bins: int, bias: int) -> torch.Tensor:
 
 def _histogram(x: torch.Tensor, nonzero: torch.Tensor) -> torch.Tensor:
     """Counts of the 12-bit codes (sign, exponent, 3 mantissa bits) of float32 or float64 ``x``."""
-    cpu = x.device.type == "cpu"
+    cpu = not _device_path(x)
     if x.dtype == torch.float64:
         codes, bins, bias = _codes64(x), _CODES + 2, 0
     else:  # an arithmetic shift of the bits gives the code minus 2048
@@ -146,6 +146,12 @@ def _nonzero(nz: torch.Tensor, unit_dim: int | None) -> tuple[int | None, torch.
     return units, nz.sum(dims, dtype=wide)
 
 
+def _device_path(x: torch.Tensor) -> bool:
+    """Whether ``x`` takes the accelerator variant of the torch-ops path (Welford var_mean and a
+    histc that leaves zeros out, no bincount: nothing that reads a value on the host)."""
+    return x.device.type != "cpu"
+
+
 def _measure(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | None,
              slab: _native.Slab) -> _Pending:
     """Queue the reductions for one floating tensor; nothing leaves the device."""
@@ -157,7 +163,7 @@ def _measure(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | 
     if slot is not None:
         units = None if unit_dim is None else x.shape[unit_dim]
         return _Pending(None, x.numel(), units, band is not None, True, slot=slot)
-    gpu = x.device.type != "cpu"
+    gpu = _device_path(x)
     if gpu:  # one Welford pass
         var, mean = torch.var_mean(x, correction=0)
     else:  # var_mean takes a slow generic path on the CPU; var alone is fast and exact to ~1e-8
