@@ -244,13 +244,23 @@ def test_meta_and_real_runs_find_the_same_graph(name, kw, monkeypatch):
     assert on_meta == real
 
 
+@pytest.fixture
+def shape_only_always(monkeypatch):
+    from initscope import _discover
+    monkeypatch.setattr(_discover, "SHAPE_ONLY_MIN_ELEMENTS", 0)
+
+
 @pytest.mark.parametrize("name,kw", [("mlp", {"depth": 3}), ("transformer", {"depth": 2}), ("lstm", {"num_layers": 2})])
-def test_shape_only_linear_layers_find_the_same_graph(name, kw, monkeypatch):
+def test_shape_only_linear_layers_find_the_same_graph(name, kw, monkeypatch, shape_only_always):
     from initscope import _discover
     model, x = zoo.build(name, **kw)
+    calls = []
+    real = _discover._run
+    monkeypatch.setattr(_discover, "_run", lambda *a, **k: calls.append(k.get("shape_only", False)) or real(*a, **k))
     quick = discover(model, x)
-    monkeypatch.setattr(_discover, "_shape_only", lambda model: contextlib.nullcontext())
-    assert quick == discover(model, x)
+    assert calls == [True]  # the shape-only run stood
+    monkeypatch.setattr(_discover, "SHAPE_ONLY_MIN_ELEMENTS", float("inf"))
+    assert quick == discover(model, x) and calls == [True, False]
 
 
 class _LoRA(nn.Linear):
@@ -259,7 +269,7 @@ class _LoRA(nn.Linear):
         return super().forward(x)
 
 
-def test_shape_only_run_leaves_linear_forward_as_found_and_skips_custom_forwards():
+def test_shape_only_run_leaves_linear_forward_as_found_and_skips_custom_forwards(shape_only_always):
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), _LoRA(8, 2))
     own = lambda x: nn.Linear.forward(model[0], x)  # noqa: E731  an instance-level forward of the user's
     model[0].forward = own
@@ -270,3 +280,42 @@ def test_shape_only_run_leaves_linear_forward_as_found_and_skips_custom_forwards
     with pytest.raises(ForwardError, match="`2` .Linear.*cannot be multiplied"):
         discover(plain, torch.randn(3, 4))  # a rejected input: the real forward raises, naming the layer
     assert all("forward" not in vars(m) for m in plain.modules())
+
+
+class _ScaleByMax(nn.Module):
+    """Value-dependent: zeros from a shape-only Linear leave h[h > 0] empty, and max() raises."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out = nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return self.out(torch.relu(h / h[h > 0].max()))
+
+
+class _Experts(nn.Module):
+    """A router picks one of four experts per token: zeros would send every token to expert 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.router = nn.Linear(8, 4)
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(8, 8), nn.GELU()) for _ in range(4))
+
+    def forward(self, x):
+        pick = self.router(x).argmax(-1)
+        out = torch.zeros_like(x)
+        for i, expert in enumerate(self.experts):
+            sel = pick == i
+            if sel.any():
+                out[sel] = expert(x[sel])
+        return out
+
+
+def test_value_dependent_models_get_a_full_real_run(shape_only_always):
+    torch.manual_seed(0)
+    g = discover(_ScaleByMax(), torch.randn(4, 8))  # the shape-only run raises; the real one decides
+    assert labels(g.layers["out"].producers) == ["relu"]
+    experts = discover(_Experts(), torch.randn(64, 8))
+    assert {f"experts.{i}.0" for i in range(4)} <= set(experts.layers)
+    assert all(labels(experts.layers[f"experts.{i}.0"].consumers) == ["GELU"] for i in range(4))

@@ -368,3 +368,7 @@ def test_probe_lsuv_and_discovery_read_inputs_by_one_rule():
         assert [r.name for r in probe(model, inputs).layers] == ["a", "b"]
         assert set(discover(model, inputs).layers) == {"a", "b"}
         assert lsuv(model, inputs, pre_init=None).passes >= 1
+    from collections import UserDict  # any mapping gives keyword arguments, in lsuv too
+
+    model = _TakesTwo()
+    assert lsuv(model, UserDict(x=pair[0], y=pair[1]), pre_init=None).passes >= 1

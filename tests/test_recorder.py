@@ -158,3 +158,15 @@ def test_the_stored_table_equals_the_stats_definitions():
         for (name, fn), got in zip(STATS.items(), row):
             want = float(fn(s))
             assert (math.isnan(want) and math.isnan(got)) or got == want, name
+
+
+def test_a_step_with_nothing_measurable_records_no_rows():
+    class Sign(nn.Module):
+        def forward(self, x):
+            return (x > 0).long()  # an integer output: noted, not measured
+
+    net = nn.Sequential(Sign())
+    with Recorder(net) as rec:
+        net(torch.randn(3))
+        rec.step()
+    assert rec.history == [] and rec.step_count == 1

@@ -117,11 +117,11 @@ def _shape_only(model: nn.Module) -> Iterator[None]:
 
     Discovery needs the data flow, not the values, and the values in a discovery run come
     from weights about to be overwritten. A large model's forward on a small input is
-    dominated by reading those weights (a 99M-parameter transformer on 8 tokens: ~55 ms,
+    dominated by reading those weights (a 99M-parameter transformer on 8 tokens: ~50 ms,
     two thirds of it in its Linear layers). An input the layer would reject (wrong size,
     dtype or device) takes the real forward, which raises as it would.
     """
-    patched = [m for m in model.modules() if type(m).forward is nn.Linear.forward and "forward" not in vars(m)]
+    patched = [m for m in _plain_linears(model) if "forward" not in vars(m)]
     try:
         for m in patched:
             m.forward = functools.partial(_linear_shape, m)
@@ -129,6 +129,10 @@ def _shape_only(model: nn.Module) -> Iterator[None]:
     finally:
         for m in patched:
             vars(m).pop("forward", None)
+
+
+def _plain_linears(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if type(m).forward is nn.Linear.forward]
 
 
 def _linear_shape(layer: nn.Linear, input: object) -> torch.Tensor:
@@ -141,6 +145,9 @@ def _linear_shape(layer: nn.Linear, input: object) -> torch.Tensor:
 
 #: inputs at least this large are first run on the meta device (see :func:`run`)
 META_MIN_ELEMENTS = 1 << 16
+#: plain nn.Linear weights at least this large (elements, together) make a real run try
+#: :func:`_shape_only` first (below it, reading them costs well under a millisecond)
+SHAPE_ONLY_MIN_ELEMENTS = 1 << 22
 
 
 def run(model: nn.Module, example_input: object, tracker_type) -> object:
@@ -152,17 +159,34 @@ def run(model: nn.Module, example_input: object, tracker_type) -> object:
     arithmetic, so its cost is the Python overhead of the ops, whatever the batch or
     resolution (a 20-layer CNN at batch 64: 15 ms on meta against 230 ms for a real
     forward). Meta kernels of some ops are Python decompositions, so for small inputs a
-    real run is cheaper (a 100M transformer at 1 x 8 tokens: 60 ms on meta, 28 ms real).
-    Either way, plain ``nn.Linear`` layers skip their arithmetic (:func:`_shape_only`).
+    real run is cheaper (a 100M transformer at 1 x 8 tokens: 60 ms on meta, 25 ms real).
     A forward that cannot run on meta (``.item()``, data-dependent control flow, tensors
-    made on a fixed device) is run for real, and the real run reports any error.
+    made on a fixed device) is run for real.
+
+    A real run of a model whose plain ``nn.Linear`` weights hold at least
+    SHAPE_ONLY_MIN_ELEMENTS values first skips their arithmetic (:func:`_shape_only`). Its
+    result stands only if it completes and every weight layer ran: zeros can send
+    value-dependent code elsewhere (a mixture-of-experts router, a mask that comes out
+    empty), and then a full real run decides. The last real run reports any error.
     """
     if sum(t.numel() for t in _tensors(example_input)) >= META_MIN_ELEMENTS:
         try:
-            return _run(model, *_on_meta(model, example_input), tracker_type)
+            return _run(model, *_on_meta(model, example_input), tracker_type)[0]
         except Exception:  # noqa: BLE001  any failure on meta: the real run decides, and reports
             pass
-    return _run(model, None, example_input, tracker_type)
+    if sum(m.weight.numel() for m in _plain_linears(model)) >= SHAPE_ONLY_MIN_ELEMENTS:
+        try:
+            tracker, completed = _run(model, None, example_input, tracker_type, shape_only=True)
+            if _weight_layers(model) <= set(completed):
+                return tracker
+        except Exception:  # noqa: BLE001  the full run decides, and reports
+            pass
+    return _run(model, None, example_input, tracker_type)[0]
+
+
+def _weight_layers(model: nn.Module) -> set[str]:
+    """Names of the weight layers a forward calls as modules (not those inside another atomic module)."""
+    return {name for name, step in _atomic(model) if step.kind == "layer"}
 
 
 def _on_meta(model: nn.Module, example_input: object) -> tuple[dict, object]:
@@ -176,18 +200,21 @@ def _meta_tree(obj: object) -> object:
     return map_tensors(obj, lambda t: torch.empty_like(t, device="meta"))
 
 
-def _run(model: nn.Module, state: dict | None, example_input: object, tracker_type) -> object:
+def _run(model: nn.Module, state: dict | None, example_input: object, tracker_type,
+         shape_only: bool = False) -> tuple[object, list[str]]:
+    """The filled tracker and the modules that completed."""
     tracker = tracker_type(_TensorStore(), ("observed", "traced"))
     session = _Session(model, tracker)
     tracker.input(_tensors(example_input))
-    with preserved(model), torch.no_grad(), _hooks(model, session), _shape_only(model):
+    quick = _shape_only(model) if shape_only else contextlib.nullcontext()
+    with preserved(model), torch.no_grad(), _hooks(model, session), quick:
         try:
             with _Mode(session):
                 out = call(model, example_input) if state is None else _functional(model, state, example_input)
         except Exception as exc:
             raise _forward_error(model, session, exc) from exc
     tracker.output(_tensors(out))
-    return tracker
+    return tracker, session.completed
 
 
 def _functional(model: nn.Module, state: dict, x: object) -> object:
@@ -242,14 +269,21 @@ def _torch_leaf(module: nn.Module) -> Step:
     return Step("op" if "Softm" in name or name in ("GLU",) else "pass", name)
 
 
-def _order(model: nn.Module, tracker) -> None:
-    previous, atomic = object(), ()
-    tracker.input([previous])
+def _atomic(model: nn.Module) -> Iterator[tuple[str, Step]]:
+    """Atomic modules in registration order, leaving out those inside another atomic module."""
+    atomic: tuple[str, ...] = ()
     for name, module in model.named_modules():
         step = classify_module(module)
         if step is None or any(name.startswith(a + ".") for a in atomic):
             continue
         atomic += (name,)
+        yield name, step
+
+
+def _order(model: nn.Module, tracker) -> None:
+    previous = object()
+    tracker.input([previous])
+    for name, step in _atomic(model):
         out = object()
         step = Step("activation", step.label, step.spec) if step.kind == "leaf" else step
         tracker.module(name, step, [previous], [out])

@@ -16,7 +16,7 @@ the host once per pass.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -194,11 +194,11 @@ def _check_args(target_std: float, tol: float, pre_init: str | None, max_passes:
 
 def _check_batch(batch: Any) -> None:
     """Reject a batch of the wrong type or with NaN/inf values, naming the offending tensor."""
-    if not isinstance(batch, (torch.Tensor, list, tuple, dict)):
+    if not isinstance(batch, (torch.Tensor, list, tuple, Mapping)):
         raise ArgumentError(f"batch must be a tensor or a list (model(batch)), a tuple (model(*batch)) or a dict "
                             f"(model(**batch)); "
                             f"got {type(batch).__name__}")
-    items = batch.items() if isinstance(batch, dict) else enumerate(batch) if isinstance(batch, (list, tuple)) \
+    items = batch.items() if isinstance(batch, Mapping) else enumerate(batch) if isinstance(batch, (list, tuple)) \
         else [(None, batch)]
     for key, t in items:
         bad = int((~torch.isfinite(t)).sum()) if isinstance(t, torch.Tensor) and t.is_floating_point() else 0

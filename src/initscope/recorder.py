@@ -236,6 +236,8 @@ def _table(stats: list[Stats]) -> np.ndarray:
     """The values of :data:`STATS` for many Stats at once: [len(stats), len(STATS)], NaN where
     undefined, computed as the Stats properties compute them."""
     n = len(stats)
+    if not n:
+        return np.empty((0, len(STATS)))
     count = np.array([s.count for s in stats], np.float64)
     cols = np.array([(s.mean, s.m2, s.min, s.max, s.zeros, s.nonfinite, s.dead_frac, s.saturation_frac)
                      for s in stats], np.float64).reshape(n, 8)
