@@ -1,6 +1,5 @@
 """initscope.graph: activations found around each layer (modules, functional calls, through
 normalizations), residual branches, fallbacks without an input, hook hygiene, bad input."""
-import contextlib
 import warnings
 
 import pytest
