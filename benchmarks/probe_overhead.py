@@ -15,11 +15,12 @@ torch.cuda.set_sync_debug_mode("error") to show that no hook synchronises with t
 (the one transfer in Recorder.step() is outside that check).
 
 Usage:
-    python benchmarks/probe_overhead.py [--device cuda] [--repeats 9] [--models cnn,mlp]
+    python benchmarks/probe_overhead.py [--device cuda [--triton]] [--repeats 9] [--models cnn,mlp]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -183,12 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--models", default=None, help="comma-separated subset of " + ",".join(MODELS))
+    ap.add_argument("--triton", action="store_true", help="GPU: take the opt-in fused Triton pass (INITSCOPE_TRITON=1)")
     args = ap.parse_args(argv)
+    if args.triton:
+        os.environ["INITSCOPE_TRITON"] = "1"
     device = torch.device(args.device)
     names = args.models.split(",") if args.models else (
         ["cnn", "mlp", "transformer"] + (["resnet"] if device.type == "cuda" else []))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {where}, median of {args.repeats} interleaved steps\n")
+    path = "fused Triton pass" if args.triton else "torch ops" if device.type == "cuda" else "fused CPU kernel, if compiled"
+    print(f"torch {torch.__version__}, {where}, statistics by {path}, median of {args.repeats} interleaved steps\n")
     print("| model | plain step | record every step | off-step | naive hook |")
     print("|---|---|---|---|---|")
     for name in names:

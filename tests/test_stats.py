@@ -281,3 +281,17 @@ def test_the_accelerator_variant_of_the_torch_path_decodes_to_the_same_stats(see
     assert got.hist.tolist() == ref.hist.tolist() and got.formats.tolist() == ref.formats.tolist()
     assert got.unit_nonzero.tolist() == ref.unit_nonzero.tolist()
     assert math.isnan(got.min) and math.isnan(ref.min)
+
+
+def test_the_triton_pass_is_opt_in_and_gpu_only(monkeypatch):
+    from initscope import _triton_stats
+
+    x = torch.randn(4, 3)
+    assert not _triton_stats.enabled(x)  # not asked for
+    monkeypatch.setenv("INITSCOPE_TRITON", "1")
+    assert not _triton_stats.enabled(x)  # asked for, but a CPU tensor
+    assert tensor_stats(x).count == 12
+    # tiles (outer, units, inner): powers of two, at most 4096 values, whole units along the unit axis
+    assert _triton_stats._tiles(256, 64, 1024) == (1, 4, 1024)  # conv activations, channels as units
+    assert _triton_stats._tiles(4096, 768, 1) == (4, 1024, 1)  # features as units, varying fastest
+    assert _triton_stats._tiles(1, 1, 5000) == (1, 1, 4096)  # no units

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from initscope import _native
+from initscope import _native, _triton_stats
 
 __all__ = ["FORMATS", "HIST_EXPONENTS", "SATURATION_LEVEL"]
 
@@ -48,21 +48,18 @@ _EDGE_BITS = [int(c) << 20 for c in _FMT[:, 2]]
 class _Pending:
     """One tensor's statistics, still on its device.
 
-    Either ``parts``, (scalars, 12-bit code histogram, nonzero counts) from the torch-ops path
-    (``zeros_binned`` says whether zeros were counted in the histogram), or ``slot``, the
-    (row, offset, width) of the fused kernel's results in the accumulator's slab: its counts
-    are the exponent histogram of |x| followed by the sub-octave counts (see :func:`_classes`).
+    Either ``parts``, (scalars, counts, nonzero counts) on the tensor's device, or ``slot``,
+    the (row, offset, width) of the CPU kernel's results in the accumulator's slab. The counts
+    are the torch-ops path's 12-bit code histogram (``zeros_binned`` says whether zeros were
+    counted in it), or, with ``exponents`` (the slab, and the Triton pass), the exponent
+    histogram of |x| followed by the sub-octave counts (see :func:`initscope._decode._classes`).
     """
 
-    __slots__ = ("parts", "count", "units", "sat", "zeros_binned", "slot")
+    __slots__ = ("parts", "count", "units", "sat", "zeros_binned", "slot", "exponents")
 
-    def __init__(self, parts, count, units, sat, zeros_binned, slot=None):
+    def __init__(self, parts, count, units, sat, zeros_binned, slot=None, exponents=False):
         self.parts, self.count, self.units, self.sat = parts, count, units, sat
-        self.zeros_binned, self.slot = zeros_binned, slot
-
-    @property
-    def exponents(self) -> bool:
-        return self.slot is not None
+        self.zeros_binned, self.slot, self.exponents = zeros_binned, slot, exponents or slot is not None
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -155,13 +152,16 @@ def _device_path(x: torch.Tensor) -> bool:
 def _measure(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | None,
              slab: _native.Slab) -> _Pending:
     """Queue the reductions for one floating tensor; nothing leaves the device."""
+    units = None if unit_dim is None else x.shape[unit_dim]
+    if _device_path(x) and _triton_stats.enabled(x):  # opt-in, see its notes
+        parts = _triton_stats.measure(x, unit_dim, band, SATURATION_LEVEL, _EDGE_BITS)
+        return _Pending(parts, x.numel(), units, band is not None, True, exponents=True)
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()  # exact for fp16, bf16 and fp8
     if x.dtype == torch.float32 and x.device.type == "cpu" and not x.is_contiguous() and _native.available():
         x = x.contiguous()  # a copy costs less than the torch-ops path's ten passes
     slot = _native.fused(x, unit_dim, band, SATURATION_LEVEL, _EDGE_BITS, slab)  # one pass, where it compiles
     if slot is not None:
-        units = None if unit_dim is None else x.shape[unit_dim]
         return _Pending(None, x.numel(), units, band is not None, True, slot=slot)
     gpu = _device_path(x)
     if gpu:  # one Welford pass

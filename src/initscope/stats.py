@@ -23,6 +23,8 @@ Moments reduce in the tensor's precision (float32 pairwise sums, or float64) and
 float64. On the CPU a float32 tensor (made contiguous first) takes one fused pass instead of these torch
 ops, where a C++ compiler is found (:mod:`initscope._native`; ``INITSCOPE_NO_NATIVE=1``
 turns it off): the same counts and histogram, moments rounded to float32 from float64 sums.
+On a GPU, ``INITSCOPE_TRITON=1`` opts in to a fused Triton pass (:mod:`initscope._triton_stats`;
+tested in Triton's interpreter, not yet timed on a GPU).
 
 Examples:
     >>> import torch

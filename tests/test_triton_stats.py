@@ -1,0 +1,95 @@
+"""The opt-in Triton pass (initscope._triton_stats) against the torch-ops path of initscope.stats.
+
+Integer counts, the histogram, the format counts, min and max must be identical to the torch
+path's; mean and variance are checked against float64 numpy (see :func:`assert_moments`). Without a GPU, Triton's interpreter runs the kernel on CPU tensors
+(``TRITON_INTERPRET=1``, in a subprocess so that the flag applies before Triton is imported);
+with a CUDA device the compiled kernel runs through ``tensor_stats`` with
+``INITSCOPE_TRITON=1``. Both skip where Triton is not installed (CI installs none).
+"""
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("triton")
+sys.path.insert(0, str(Path(__file__).parent))  # the shared cases of the CPU kernel's tests
+
+from test_stats_native import SHAPES, assert_exact_counts, sample  # noqa: E402
+
+from initscope.stats import tensor_stats  # noqa: E402
+
+KINDS = ["normal", "relu", "wide", "special", "offset", "shifted", "edges"]
+
+
+def assert_moments(got, x):
+    """Mean and variance against float64 numpy: float64 per tile, merged with Chan's formula and
+    rounded to float32, so within half a float32 ulp plus 1e-12 of the data's scale (the float32
+    torch path itself overflows on the widest samples, so it is not the reference here)."""
+    a = x.double().numpy().ravel()
+    if not np.isfinite(a).all():
+        with np.errstate(invalid="ignore"):
+            mean = a.mean()  # NaN, or the one infinity
+        assert (math.isnan(got.mean) and math.isnan(mean)) or got.mean == mean
+        assert math.isnan(got.m2)
+        return
+    mean, var = a.mean(), ((a - a.mean()) ** 2).mean()
+    scale = float(np.sqrt((a * a).mean()))
+    assert abs(got.mean - mean) <= 2.0**-24 * abs(mean) + 1e-12 * scale
+    if math.isinf(got.var):  # float32 overflows
+        assert var > 3.4e38
+    else:
+        assert abs(got.var - var) <= 2.0**-24 * var + 1e-12 * scale * scale
+
+
+def interpreted_check() -> int:
+    """Every shape and kind through the kernel in Triton's interpreter; returns the cases checked."""
+    from initscope import _decode, _measure, _triton_stats
+    from initscope.stats import Stats
+
+    n = 0
+    for shape, unit_dim in SHAPES:
+        for kind in KINDS:
+            x = sample(shape, kind, seed=len(shape) * 31 + shape[0])
+            for dtype in (torch.float32, torch.bfloat16, torch.float16):
+                y = x.to(dtype)
+                band = (0.25, 1.5)
+                parts = _triton_stats.measure(y, unit_dim, band, _measure.SATURATION_LEVEL, _measure._EDGE_BITS)
+                units = None if unit_dim is None else y.shape[unit_dim]
+                pending = _measure._Pending(parts, y.numel(), units, True, True, exponents=True)
+                got = Stats(*_decode.decode(*_decode.transfer([pending]), [pending])[0])
+                os.environ["INITSCOPE_NO_NATIVE"] = "1"
+                ref = tensor_stats(y, unit_dim=unit_dim, saturation=band)
+                del os.environ["INITSCOPE_NO_NATIVE"]
+                assert_exact_counts(ref, got)
+                assert_moments(got, y)
+                n += 1
+    return n
+
+
+def test_the_kernel_in_triton_s_interpreter_equals_the_torch_path():
+    here = Path(__file__).parent
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    code = "import test_triton_stats as t; print('checked', t.interpreted_check())"
+    done = subprocess.run([sys.executable, "-c", code], cwd=here, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"checked {len(SHAPES) * len(KINDS) * 3}" in done.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none here")
+@pytest.mark.parametrize("shape,unit_dim", SHAPES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_compiled_kernel_on_cuda_equals_the_torch_path(shape, unit_dim, kind, monkeypatch):
+    x = sample(shape, kind, seed=len(shape) * 31 + shape[0])
+    with monkeypatch.context() as m:
+        m.setenv("INITSCOPE_NO_NATIVE", "1")
+        ref = tensor_stats(x, unit_dim=unit_dim, saturation=(0.25, 1.5))
+    monkeypatch.setenv("INITSCOPE_TRITON", "1")
+    got = tensor_stats(x.cuda(), unit_dim=unit_dim, saturation=(0.25, 1.5))
+    assert_exact_counts(ref, got)
+    assert_moments(got, x)
