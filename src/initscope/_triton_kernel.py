@@ -7,7 +7,7 @@ try:
 except ImportError:
     triton = None
 
-__all__ = ["stats_kernel"]
+__all__ = ["stats_kernel", "merge_kernel"]
 
 if triton is not None:
     @triton.jit
@@ -72,3 +72,46 @@ if triton is not None:
         h = tl.histogram(e, 256, mask=tl.reshape(mask, [BO * BU * BI]))
         tl.atomic_add(hist_ptr + tl.arange(0, 256), h.to(tl.int64))
 
+
+    @triton.jit
+    def merge_kernel(part_f_ptr, part_i_ptr, parts, n, scal_ptr, counts_ptr, BAND: tl.constexpr,
+                     BLOCK: tl.constexpr):
+        """One program: the tiles' partials merged into [mean, var, min, max, saturated] and the
+        counts after the histogram (below 2^-129, past each edge, NaN, +inf, -inf)."""
+        total = tl.zeros([BLOCK], tl.float64)
+        ints = tl.zeros([BLOCK, 16], tl.int64)
+        lo = tl.full([BLOCK], float("inf"), tl.float64)
+        hi = tl.full([BLOCK], -float("inf"), tl.float64)
+        cols = tl.arange(0, 16)
+        for start in range(0, parts, BLOCK):
+            rows = start + tl.arange(0, BLOCK)
+            ok = rows < parts
+            total += tl.load(part_f_ptr + rows * 5 + 1, mask=ok, other=0.0)
+            lo = tl.minimum(lo, tl.load(part_f_ptr + rows * 5 + 3, mask=ok, other=float("inf")))
+            hi = tl.maximum(hi, tl.load(part_f_ptr + rows * 5 + 4, mask=ok, other=-float("inf")))
+            ints += tl.load(part_i_ptr + rows[:, None] * 9 + cols[None, :], mask=ok[:, None] & (cols[None, :] < 9),
+                            other=0)
+        mean = tl.sum(total, axis=0) / n
+        m2 = tl.zeros([BLOCK], tl.float64)
+        for start in range(0, parts, BLOCK):  # Chan: sum of M2_i + n_i (mean_i - mean)^2
+            rows = start + tl.arange(0, BLOCK)
+            ok = rows < parts
+            cnt = tl.load(part_f_ptr + rows * 5, mask=ok, other=0.0)
+            dev = tl.load(part_f_ptr + rows * 5 + 1, mask=ok, other=0.0) / tl.maximum(cnt, 1.0) - mean
+            m2 += tl.load(part_f_ptr + rows * 5 + 2, mask=ok, other=0.0) + tl.where(ok, cnt * dev * dev, 0.0)
+        sums = tl.sum(ints, axis=0)  # [sat, NaN, +inf, -inf, tiny, past edge 0..3, 0...]
+        has_nan = tl.sum(tl.where(cols == 1, sums, 0), axis=0) > 0
+        var = tl.sum(m2, axis=0) / n
+        nonfinite = has_nan | (tl.sum(tl.where((cols == 2) | (cols == 3), sums, 0), axis=0) > 0)
+        nan = float("nan")  # the mean of nonfinite data stays the sum's NaN or infinity
+        # rounded to float32 and back, as the float32 paths report them
+        tl.store(scal_ptr + 0, mean.to(tl.float32).to(tl.float64))
+        tl.store(scal_ptr + 1, tl.where(nonfinite, nan, var).to(tl.float32).to(tl.float64))
+        tl.store(scal_ptr + 2, tl.where(has_nan, nan, tl.min(lo, axis=0)))
+        tl.store(scal_ptr + 3, tl.where(has_nan, nan, tl.max(hi, axis=0)))
+        sat = tl.sum(tl.where(cols == 0, sums, 0), axis=0).to(tl.float64)
+        tl.store(scal_ptr + 4, sat if BAND else nan)
+        # counts[256:]: below 2^-129, past each edge (partial columns 4..8), then NaN, +inf, -inf (1..3)
+        src = tl.where(cols < 5, cols + 4, cols - 4)
+        tail = tl.sum(tl.where(src[:, None] == cols[None, :], sums[None, :], 0), axis=1)
+        tl.store(counts_ptr + 256 + cols, tail, mask=cols < 8)

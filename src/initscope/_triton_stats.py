@@ -10,11 +10,13 @@ tiles of at most 4096 values that each lie in whole units along the unit axis, s
 nonzero counts per unit are one atomic add per unit. Each tile (one program) writes its
 partial results: count, sum, M2 about its own mean (two passes over values held in
 registers, in float64), min, max, and the integer counts; and it adds its 256-bin histogram
-of the exponent byte of |x| into a global one. A few torch ops then merge the partials
-(Chan's formula in float64) without reading anything on the host. The results have the
+of the exponent byte of |x| into a global one. Nothing is read on the host. The results have the
 layout of the CPU kernel's slab rows (see ``_fused_stats.cpp``): scalars [mean, var, min,
 max, saturated], counts [256 exponent bins, below 2^-129, past each format's overflow edge,
 NaN, +inf, -inf], and nonzero counts per unit.
+
+A tensor costs three launches: a fill of the counts buffer, the tiles, and one program that
+merges the tiles' partials (Chan's formula, in float64) and writes the scalars and counts.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ import math
 import os
 
 import torch
+
+from initscope._native import COUNTS as _COUNTS  # the layout of a counts row
 
 __all__ = ["enabled", "measure"]
 
@@ -56,7 +60,7 @@ def measure(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | N
         x: a float32, float16 or bfloat16 tensor (made contiguous here).
         unit_dim, band, level, edges: as :func:`initscope._native.fused` takes them.
     """
-    kernel = _kernel()
+    kernels = _kernel()
     x = x.contiguous()
     if unit_dim is None:
         outer, units, inner = 1, 1, x.numel()
@@ -67,40 +71,20 @@ def measure(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | N
     grid = math.ceil(outer / bo) * math.ceil(units / bu) * math.ceil(inner / bi)
     part_f = torch.empty(grid, 5, dtype=torch.float64, device=x.device)
     part_i = torch.empty(grid, 5 + _FORMATS, dtype=torch.int64, device=x.device)
-    hist = torch.zeros(256, dtype=torch.int64, device=x.device)
-    nonzero = torch.zeros(units, dtype=torch.int64, device=x.device)
+    # one zeroed buffer: the histogram and the nonzero counts are added to atomically
+    ints = torch.zeros(_COUNTS + units, dtype=torch.int64, device=x.device)
+    scal = torch.empty(5, dtype=torch.float64, device=x.device)
     centre, half = band if band is not None else (0.0, 0.0)
-    kernel[(grid,)](x, part_f, part_i, hist, nonzero, outer, units, inner, float(centre), float(level * half),
-                    *edges, BAND=band is not None, BF16=x.dtype == torch.bfloat16, BO=bo, BU=bu, BI=bi)  # edges: |x| bit patterns, all < 2^31
-    return _merge(part_f, part_i, hist, nonzero, x.numel(), band is not None)
-
-
-def _merge(part_f: torch.Tensor, part_i: torch.Tensor, hist: torch.Tensor, nonzero: torch.Tensor,
-           n: int, band: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The tiles' partial results merged with torch ops (no host synchronisation)."""
-    cnt, total, m2 = part_f[:, 0], part_f[:, 1], part_f[:, 2]
-    ints = part_i.sum(0)
-    finite = torch.isfinite(total).all() & torch.isfinite(m2).all()
-    means = total / cnt.clamp_min(1)
-    mean = (cnt * means).sum() / n
-    merged_m2 = m2.sum() + (cnt * (means - mean) ** 2).sum()
-    nan = torch.full((), math.nan, dtype=torch.float64, device=part_f.device)  # a fill, not a host copy
-    mean = torch.where(finite, mean, total.sum() / n).float().double()  # rounded as the float32 paths round
-    var = torch.where(finite, merged_m2 / n, nan).float().double()
-    has_nan = ints[1] > 0
-    lo = torch.where(has_nan, nan, part_f[:, 3].amin())
-    hi = torch.where(has_nan, nan, part_f[:, 4].amax())
-    sat = ints[0].double() if band else nan
-    scal = torch.stack([mean, var, lo, hi, sat])
-    counts = torch.cat([hist, ints[4:5], ints[5:5 + _FORMATS], ints[1:4]])
-    return scal, counts, nonzero
+    kernels.stats_kernel[(grid,)](
+        x, part_f, part_i, ints, ints[_COUNTS:], outer, units, inner, float(centre), float(level * half),
+        *edges, BAND=band is not None, BF16=x.dtype == torch.bfloat16, BO=bo, BU=bu, BI=bi)  # edges < 2^31
+    kernels.merge_kernel[(1,)](part_f, part_i, grid, x.numel(), scal, ints, BAND=band is not None, BLOCK=256)
+    return scal, ints[:_COUNTS], ints[_COUNTS:]
 
 
 @functools.lru_cache(maxsize=1)
 def _kernel():
-    """The Triton kernel (compiled on its first launch), or None when Triton cannot be imported."""
-    try:
-        from initscope._triton_kernel import stats_kernel
-    except Exception:  # noqa: BLE001  no Triton: the torch-ops path
-        return None
-    return stats_kernel
+    """The module of Triton kernels (compiled on their first launch), or None without Triton."""
+    from initscope import _triton_kernel
+
+    return _triton_kernel if _triton_kernel.triton is not None else None
