@@ -295,3 +295,22 @@ def test_the_triton_pass_is_opt_in_and_gpu_only(monkeypatch):
     assert _triton_stats._tiles(256, 64, 1024) == (1, 4, 1024)  # conv activations, channels as units
     assert _triton_stats._tiles(4096, 768, 1) == (4, 1024, 1)  # features as units, varying fastest
     assert _triton_stats._tiles(1, 1, 5000) == (1, 1, 4096)  # no units
+
+
+def test_a_triton_pass_that_fails_to_compile_falls_back_to_torch_ops(monkeypatch):
+    from initscope import _measure, _triton_stats
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CompilationError: histogram() got an unexpected keyword argument 'mask'")
+
+    monkeypatch.setenv("INITSCOPE_NO_NATIVE", "1")
+    x = torch.randn(6, 5)
+    ref = tensor_stats(x, unit_dim=1)
+    monkeypatch.setattr(_measure, "_device_path", lambda t: True)  # as on a GPU
+    monkeypatch.setattr(_triton_stats, "_kernel", lambda: object())
+    monkeypatch.setattr(_triton_stats, "_launch", broken)
+    monkeypatch.setattr(_triton_stats, "failure", "")
+    monkeypatch.setattr(_triton_stats, "enabled", lambda t: not _triton_stats.failure)
+    got = tensor_stats(x, unit_dim=1)
+    assert "unexpected keyword argument 'mask'" in _triton_stats.failure
+    assert got.hist.tolist() == ref.hist.tolist() and got.unit_nonzero.tolist() == ref.unit_nonzero.tolist()

@@ -93,3 +93,27 @@ def test_the_compiled_kernel_on_cuda_equals_the_torch_path(shape, unit_dim, kind
     got = tensor_stats(x.cuda(), unit_dim=unit_dim, saturation=(0.25, 1.5))
     assert_exact_counts(ref, got)
     assert_moments(got, x)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none here")
+def test_the_triton_pass_never_synchronises_with_the_host(monkeypatch):
+    import warnings
+
+    from initscope.stats import StatsAccumulator
+
+    monkeypatch.setenv("INITSCOPE_TRITON", "1")
+    acc = StatsAccumulator()
+    x = torch.randn(256, 64, 32, 32, device="cuda").relu()
+    acc.add("warm-up", x, unit_dim=1)  # compiles outside the check
+    acc.to_host()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sync debug mode is a prototype feature"
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            acc.add("a", x, unit_dim=1, saturation=(0.0, 1.0))
+            acc.add("b", x.half(), unit_dim=1)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    (_, a), (_, b) = acc.to_host()
+    assert a.count == b.count == x.numel()

@@ -155,7 +155,8 @@ def _measure(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | 
     units = None if unit_dim is None else x.shape[unit_dim]
     if _device_path(x) and _triton_stats.enabled(x):  # opt-in, see its notes
         parts = _triton_stats.measure(x, unit_dim, band, SATURATION_LEVEL, _EDGE_BITS)
-        return _Pending(parts, x.numel(), units, band is not None, True, exponents=True)
+        if parts is not None:
+            return _Pending(parts, x.numel(), units, band is not None, True, exponents=True)
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()  # exact for fp16, bf16 and fp8
     if x.dtype == torch.float32 and x.device.type == "cpu" and not x.is_contiguous() and _native.available():

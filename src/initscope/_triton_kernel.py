@@ -14,7 +14,9 @@ if triton is not None:
     def count(c):
         return tl.sum(tl.sum(tl.sum(c.to(tl.int64), axis=2), axis=1), axis=0)
 
-    @triton.jit
+    # Sizes and edges are not specialised (one compile for every tensor of a tile shape); inner
+    # is, since its divisibility by 16 lets loads vectorise.
+    @triton.jit(do_not_specialize=["outer", "units", "edge0", "edge1", "edge2", "edge3"])
     def stats_kernel(x_ptr, part_f_ptr, part_i_ptr, hist_ptr, units_ptr, outer, units, inner, centre, threshold,
                      edge0, edge1, edge2, edge3, BAND: tl.constexpr, BF16: tl.constexpr, BO: tl.constexpr,
                      BU: tl.constexpr, BI: tl.constexpr):
@@ -24,9 +26,9 @@ if triton is not None:
         ic = pid % n_i
         uc = (pid // n_i) % n_u
         oc = pid // (n_i * n_u)
-        o = (oc * BO + tl.arange(0, BO)).to(tl.int64)
-        u = (uc * BU + tl.arange(0, BU)).to(tl.int64)
-        i = (ic * BI + tl.arange(0, BI)).to(tl.int64)
+        o = oc.to(tl.int64) * BO + tl.arange(0, BO)  # int64 before the product: no wrap near 2^31
+        u = uc.to(tl.int64) * BU + tl.arange(0, BU)
+        i = ic.to(tl.int64) * BI + tl.arange(0, BI)
         mask = (o[:, None, None] < outer) & (u[None, :, None] < units) & (i[None, None, :] < inner)
         offs = (o[:, None, None] * units + u[None, :, None]) * inner + i[None, None, :]
         if BF16:  # widened through the bits: exact for subnormals too, whatever the float mode
@@ -69,11 +71,13 @@ if triton is not None:
         tl.store(row_f + 3, lo.to(tl.float64))
         tl.store(row_f + 4, hi.to(tl.float64))
         e = tl.reshape(a >> 23, [BO * BU * BI])
-        h = tl.histogram(e, 256, mask=tl.reshape(mask, [BO * BU * BI]))
-        tl.atomic_add(hist_ptr + tl.arange(0, 256), h.to(tl.int64))
+        # masked lanes loaded 0, exponent 0: taken out of bin 0 (histogram's mask needs Triton 3.4)
+        bins = tl.arange(0, 256)
+        h = tl.histogram(e, 256).to(tl.int64) - tl.where(bins == 0, BO * BU * BI - cnt, 0)
+        tl.atomic_add(hist_ptr + bins, h, mask=h != 0)
 
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["parts", "n"])
     def merge_kernel(part_f_ptr, part_i_ptr, parts, n, scal_ptr, counts_ptr, BAND: tl.constexpr,
                      BLOCK: tl.constexpr):
         """One program: the tiles' partials merged into [mean, var, min, max, saturated] and the

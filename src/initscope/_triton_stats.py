@@ -17,9 +17,13 @@ NaN, +inf, -inf], and nonzero counts per unit.
 
 A tensor costs three launches: a fill of the counts buffer, the tiles, and one program that
 merges the tiles' partials (Chan's formula, in float64) and writes the scalars and counts.
+A Triton that cannot compile the kernels turns the pass off for the process (:data:`failure`
+says why), and the torch-ops path measures instead. Compiled for sm_90 with Triton 3.0 to 3.9
+(the version torch 2.11 pins is 3.6) by a reviewer, without a GPU to run them.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -34,9 +38,14 @@ _TILE = 4096
 _FORMATS = 4
 
 
+#: Why the Triton pass is off after a failure ("" while it has not failed).
+failure = ""
+
+
 def enabled(x: torch.Tensor) -> bool:
-    """Whether ``x`` takes this path: ``INITSCOPE_TRITON=1``, a CUDA float tensor, Triton importable."""
-    if os.environ.get("INITSCOPE_TRITON", "") in ("", "0") or x.device.type != "cuda":
+    """Whether ``x`` takes this path: ``INITSCOPE_TRITON=1``, a CUDA float tensor, Triton importable,
+    and no earlier failure to compile or launch."""
+    if os.environ.get("INITSCOPE_TRITON", "") in ("", "0") or x.device.type != "cuda" or failure:
         return False
     return x.dtype in (torch.float32, torch.float16, torch.bfloat16) and _kernel() is not None
 
@@ -53,15 +62,25 @@ def _tiles(outer: int, units: int, inner: int) -> tuple[int, int, int]:
 
 
 def measure(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | None, level: float,
-            edges: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(scalars, counts, nonzero counts) of ``x``, on its device (check :func:`enabled` first).
+            edges: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(scalars, counts, nonzero counts) of ``x``, on its device (check :func:`enabled` first); None
+    when the kernels fail to compile or launch (recorded in :data:`failure`, and the caller takes
+    the torch-ops path from then on).
 
     Args:
         x: a float32, float16 or bfloat16 tensor (made contiguous here).
         unit_dim, band, level, edges: as :func:`initscope._native.fused` takes them.
     """
-    kernels = _kernel()
-    x = x.contiguous()
+    global failure
+    try:
+        return _launch(_kernel(), x.contiguous(), unit_dim, band, level, edges)
+    except Exception as e:  # noqa: BLE001  a Triton that cannot compile these kernels: torch ops instead
+        failure = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+        return None
+
+
+def _launch(kernels, x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | None, level: float,
+            edges: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if unit_dim is None:
         outer, units, inner = 1, 1, x.numel()
     else:
@@ -75,10 +94,13 @@ def measure(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | N
     ints = torch.zeros(_COUNTS + units, dtype=torch.int64, device=x.device)
     scal = torch.empty(5, dtype=torch.float64, device=x.device)
     centre, half = band if band is not None else (0.0, 0.0)
-    kernels.stats_kernel[(grid,)](
-        x, part_f, part_i, ints, ints[_COUNTS:], outer, units, inner, float(centre), float(level * half),
-        *edges, BAND=band is not None, BF16=x.dtype == torch.bfloat16, BO=bo, BU=bu, BI=bi)  # edges < 2^31
-    kernels.merge_kernel[(1,)](part_f, part_i, grid, x.numel(), scal, ints, BAND=band is not None, BLOCK=256)
+    # Triton launches on the current device: make it x's (no synchronisation)
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        kernels.stats_kernel[(grid,)](
+            x, part_f, part_i, ints, ints[_COUNTS:], outer, units, inner, float(centre), float(level * half),
+            *edges, BAND=band is not None, BF16=x.dtype == torch.bfloat16, BO=bo, BU=bu, BI=bi,  # edges < 2^31
+            num_warps=8)  # 4 warps spill registers on some tiles (float64 partials)
+        kernels.merge_kernel[(1,)](part_f, part_i, grid, x.numel(), scal, ints, BAND=band is not None, BLOCK=256)
     return scal, ints[:_COUNTS], ints[_COUNTS:]
 
 
