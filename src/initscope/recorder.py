@@ -247,10 +247,9 @@ def _table(stats: list[Stats]) -> np.ndarray:
         var = frac(cols[:, 1])
         std = np.where(var >= 0, np.sqrt(np.where(var >= 0, var, 0)), np.nan)
         fp16, bf16 = FORMATS.index("fp16"), FORMATS.index("bf16")
-        out = np.stack([cols[:, 0], std, cols[:, 2], cols[:, 3], frac(cols[:, 4]), cols[:, 5], cols[:, 6], cols[:, 7],
-                        frac(fmt[:, fp16, 0]), frac(fmt[:, bf16, 0]), frac(fmt[:, fp16, 2]), frac(fmt[:, bf16, 2])],
-                       axis=1)
-    return out
+        return np.stack([cols[:, 0], std, cols[:, 2], cols[:, 3], frac(cols[:, 4]), cols[:, 5], cols[:, 6],
+                         cols[:, 7], frac(fmt[:, fp16, 0]), frac(fmt[:, bf16, 0]), frac(fmt[:, fp16, 2]),
+                         frac(fmt[:, bf16, 2])], axis=1)
 
 
 def _grad_hook(acc: StatsAccumulator, name: str, grad: torch.Tensor) -> None:
