@@ -18,8 +18,11 @@ shift near the mean, so that M2 loses nothing to cancellation; blocks merged wit
 formula), within ~1e-12 relative of an exact float64 reduction, and then
 rounded to float32, the precision the torch path reports for float32 data, so that results
 do not depend on whether a compiler was found (the torch path's float32 sums carry ~1e-7
-relative error; the rounded double result is the correctly rounded value). Passing
-``float32_moments=False`` to the kernel keeps the float64 values.
+relative error; the rounded double result is the correctly rounded value). One exception:
+data whose float32 sums overflow (finite values near float32's max) get a NaN or infinite mean
+or variance from the torch path, and the float64 values (rounded: inf where they exceed
+float32) from the kernel. Passing ``float32_moments=False`` to the kernel keeps the float64
+values.
 """
 from __future__ import annotations
 
