@@ -11,7 +11,11 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
-	$(VENV)/bin/python -m pip install -q -e ".[all]"
+	echo "$(TORCH_SPEC)" > $(VENV)/torch-constraint.txt
+	$(VENV)/bin/python -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[all]"
+	$(VENV)/bin/python -c "import sys, torch; want = '$(TORCH_SPEC)'.split('==')[-1]; \
+	  sys.exit(0 if '==' not in '$(TORCH_SPEC)' or torch.__version__.split('+')[0] == want \
+	  else 'torch ' + torch.__version__ + ' replaced $(TORCH_SPEC)')"
 	touch $(STAMP)
 
 demo: $(STAMP)
