@@ -61,22 +61,32 @@ class _Mode(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         s = self.session
-        if not s.quiet and (outputs := _tensors(out)):
+        keep = s.buffer is not None and s.quiet == 1
+        if (not s.quiet or keep) and (outputs := _tensors(out)):
             step = classify_function(func, args, kwargs, lambda v: isinstance(v, torch.Tensor))
-            s.tracker.function(step, s.stack[-1][0] if s.stack else "", _tensors((args, kwargs)), outputs)
+            call = (step, s.stack[-1][0] if s.stack else "", _tensors((args, kwargs)), outputs)
+            s.buffer.append(call) if keep else s.tracker.function(*call)
         return out
 
 
 class _Session:
-    """Module stack, atomic depth and completed modules of one discovery run."""
+    """Module stack, atomic depth and completed modules of one discovery run.
+
+    The function calls inside a parameter-free leaf are kept in ``buffer``: if the leaf
+    turns out not to be an activation (a SwiGLU module halves its input), they are replayed
+    to the tracker, so the moment rules see its ``chunk`` and product.
+    """
 
     def __init__(self, model: nn.Module, tracker):
         self.tracker, self.stack, self.completed, self.quiet = tracker, [], [], 0
         self.steps = {m: (n, classify_module(m)) for n, m in model.named_modules()}
+        self.buffer: list | None = None
 
     def pre(self, module, args, kwargs):
         name, step = self.steps[module]
         self.stack.append((name, step))
+        if step is not None and step.kind == "leaf" and not self.quiet:
+            self.buffer = []
         self.quiet += step is not None
 
     def post(self, module, args, kwargs, output):
@@ -86,8 +96,19 @@ class _Session:
             return
         self.quiet -= 1
         if not self.quiet:
+            buffered, self.buffer = self.buffer, None
             inputs, outputs = _tensors((args, kwargs)), _tensors(output)
-            self.tracker.module(name, _leaf(step, inputs, outputs), inputs, outputs)
+            leaf = _leaf(step, inputs, outputs)
+            self.quiet += 1  # the tracker's own torch calls (moment quadratures) are not the model's
+            try:
+                if step.kind == "leaf" and leaf.kind == "pass" and buffered:
+                    for call in buffered:
+                        self.tracker.function(*call)
+                    if all(self.tracker.store.get(o) is not None for o in outputs):
+                        return
+                self.tracker.module(name, leaf, inputs, outputs)
+            finally:
+                self.quiet -= 1
 
 
 def _leaf(step: Step, inputs: list, outputs: list) -> Step:

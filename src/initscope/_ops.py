@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -26,15 +26,18 @@ __all__ = ["Step", "LAYER_TYPES", "classify_module", "classify_function", "funct
 
 @dataclass(frozen=True)
 class Step:
-    """One classified step. ``kind``: layer, norm, activation, leaf, add, merge, pass, op.
+    """One classified step. ``kind``: layer, norm, activation, leaf, add, merge, pass, rule, op.
 
-    ``spec``/``param`` are what :func:`initscope.moments` takes, for activations.
+    ``spec``/``param`` are what :func:`initscope.moments` takes, for activations; ``call`` is
+    (name, raw name, args, kwargs) of a function call, for the moment rules of
+    :mod:`initscope.oprules` ("rule": an op with a rule, "op": one without).
     """
 
     kind: str
     label: str
     spec: object = None
     param: float | None = None
+    call: tuple | None = field(default=None, compare=False, repr=False)
 
 
 LAYER_TYPES: tuple[type, ...] = (
@@ -151,17 +154,20 @@ def classify_function(func: object, args: tuple, kwargs: dict, is_value: Callabl
 
     ``is_value`` says which arguments are traced values (tensors, or fx nodes).
     """
+    from initscope.oprules import rule_for  # the rule table imports this module
+
     name = function_name(func)
     values = sum(1 for a in (*args, *kwargs.values()) for v in leaves(a) if is_value(v))
     if name in _NAMED | _OTHER_ACTS and values == 1 and args and is_value(args[0]):
         return _activation(name, args, kwargs)
     if name in _NORMS:
         return Step("norm", name)
+    call = (name, getattr(func, "__name__", str(func)), args, kwargs)
     if name in ("add", "sub") and values >= 2:
-        return Step("add" if name == "add" else "merge", name)
-    if name in _PASS or (name in _SCALE | {"add", "sub"} and values <= 1):
-        return Step("pass", name)
-    return Step("op", f"torch.{name}")
+        return Step("add" if name == "add" else "merge", name, call=call)
+    if name in _PASS or (name in _SCALE | {"add", "sub", "rsub"} and values <= 1):
+        return Step("pass", name, call=call)
+    return Step("rule" if rule_for(name) else "op", f"torch.{name}", call=call)
 
 
 def leaves(obj: object):

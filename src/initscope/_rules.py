@@ -9,6 +9,13 @@
 - **Mixed** producers (or consumers, or the uses of a shared parameter): the average of
   the second moments, g = 1 / sqrt(mean_i 1/g_i^2), i.e. the input is taken to come from
   each producer equally often.
+- **Ops between layers** (products, gates, GLU, sums, concat, dropout, scaling; see
+  :mod:`initscope.oprules`): where the input's moments are not those of a layer,
+  normalization or raw input, or of one activation of them, the gain comes from the
+  propagated second moment, g_f = 1/sqrt(E[x^2]), and the reason spells out the chain
+  ("silu(gate) * up: E[.^2] = 0.3557 x 1 -> gain 1.677"). Backwards, the factors the ops met
+  on the way multiply E[phi'^2] of the consumer, g_b = 1/sqrt(factor x E[phi'^2]); a chain
+  that an op does not follow (softmax scores, an op without a rule) gives 1 there.
 - Parameters inside a layer (attention's ``out_proj`` input, RNN recurrences and upper
   layers) have no producer or consumer outside it: gain 1 for that side.
 - xavier and lecun keep their papers' gain 1 (use kaiming with mode="fan_avg" for
@@ -64,6 +71,10 @@ class Gains:
             self._cache[key] = self._compute(node, direction)
         return self._cache[key]
 
+    def backward_d(self, node: Node) -> float:
+        """E[phi'^2] of a consumer at its input's q (1 for anything but an activation)."""
+        return self.node(node, "backward") ** -2 if node.kind == "activation" else 1.0
+
     def _compute(self, node: Node, direction: str) -> float:
         try:
             if direction == "torch":
@@ -72,7 +83,7 @@ class Gains:
                 except InitscopeError:
                     self.notes.append(f"torch defines no gain for {node.label}: its forward gain is used")
                     direction = "forward"
-            m = moments(node.spec, param=node.param, derivative=direction == "backward")
+            m = moments(node.spec, node.q, param=node.param, derivative=direction == "backward")
         except InitscopeError as error:
             self.notes.append(f"gain of {node.describe()} unknown ({error}); gain 1 used")
             return 1.0
@@ -86,15 +97,25 @@ def _unique(nodes) -> list[Node]:
     return list({n.id: n for n in nodes}.values())
 
 
-_PLAIN = {"input": "raw data", "norm": "a normalization", "layer": "a layer", "op": "an op of unknown moments",
-          "constant": "an untracked tensor", "output": "the model output"}
+_PLAIN = {"input": "raw data", "norm": "a normalization", "layer": "a layer", "op": "an op with no moment rule",
+          "rule": "an op whose backward is not followed", "constant": "an untracked tensor",
+          "output": "the model output"}
+
+
+def _name(n: Node) -> str:
+    if n.kind == "activation":
+        return n.label
+    if n.kind in ("op", "rule"):
+        return f"{n.label} ({_PLAIN[n.kind]}; initscope.register_rule adds one)" if n.kind == "op" else \
+            f"{n.label} ({_PLAIN[n.kind]})"
+    return _PLAIN[n.kind]
 
 
 def _why(nodes: list[Node], role_name: str, g: float, formula: str) -> str:
     """One side of a reason: 'gain 1/sqrt(E[phi^2]) = 1.414 of the producer ReLU', ..."""
     if not nodes:
         return f"no {role_name} found: gain 1"
-    names = list(dict.fromkeys(n.label if n.kind == "activation" else _PLAIN[n.kind] for n in nodes))
+    names = list(dict.fromkeys(map(_name, nodes)))
     if all(n.kind != "activation" for n in nodes):
         return f"{role_name} is {' or '.join(names)}: gain 1"
     if len(nodes) > 1:
@@ -122,12 +143,55 @@ def layer_gains(links: list[LayerLinks], side: str, scheme: str, mode: str, gain
     need_f, need_b = mode != "fan_out", mode != "fan_in"
     g_f = gains.side(producers, "forward") if need_f else math.nan
     g_b = gains.side(consumers, "backward") if need_b else math.nan
-    parts = ([_why(producers, "producer", g_f, "E[phi^2]") if entry else f"{inside}, input gain 1"] if need_f else []) \
-        + ([_why(consumers, "consumer", g_b, "E[phi'^2]") if exit_ else f"{inside}, output gain 1"] if need_b else [])
-    reason = f"{mode}: " + "; ".join(parts) + _habit(producers, consumers, g_f, gains) * need_f
+    why_f = _why(producers, "producer", g_f, "E[phi^2]") if entry else f"{inside}, input gain 1"
+    why_b = _why(consumers, "consumer", g_b, "E[phi'^2]") if exit_ else f"{inside}, output gain 1"
+    sigs = [s for link in links for s in link.signals] if entry else []
+    if need_f and any(s is not None and not s.plain for s in sigs):
+        g_f, why_f = _forward(sigs, _prefix(links))
+    via = [v for link in links for v in link.via] if exit_ else []
+    if need_b and (any(f != 1.0 for _, f, _ in via) or any(n.q != 1.0 or n.kind == "rule" for n in consumers)):
+        g_b, why_b = _backward(via, {n.id: n for n in consumers}, gains, _prefix(links), links[0].name)
+    parts = ([why_f] if need_f else []) + ([why_b] if need_b else [])
+    plain = not any(s is not None and not s.plain for s in sigs)
+    reason = f"{mode}: " + "; ".join(parts) + _habit(producers, consumers, g_f, gains) * (need_f and plain)
     if len(links) > 1:
         reason += f"; shared by {', '.join(link.name for link in links)}: gains combined by the same average"
     return g_f, g_b, reason
+
+
+def _prefix(links: list[LayerLinks]) -> str:
+    """The module holding the layer: names in a chain are shown relative to it."""
+    parent = links[0].name.rpartition(".")[0] if links else ""
+    return parent + "." if parent else ""
+
+
+def _forward(sigs: list, prefix: str) -> tuple[float, str]:
+    """g_f = 1/sqrt(E[x^2]) from the propagated moments (unknown: 1), and the chain in words."""
+    seconds = [s.second if s is not None and s.known else 1.0 for s in sigs]
+    g = 1.0 / math.sqrt(sum(seconds) / len(seconds))
+    texts = list(dict.fromkeys((s.text.replace(prefix, "") if s is not None else "an untracked tensor") for s in sigs))
+    unknown = [s.note for s in sigs if s is not None and s.note]
+    tail = f" ({', '.join(dict.fromkeys(unknown))}: no moment rule, E[x^2] = 1 assumed)" if unknown else ""
+    if len(texts) == 1:
+        s = sigs[0]
+        return g, f"producer {texts[0]}: E[.^2] = {s.formula or f'{s.second:.4g}'} -> gain {g:.4g}{tail}"
+    values = ", ".join(f"{v:.4g}" for v in seconds)
+    return g, f"mixed producers ({'; '.join(texts)}): average of E[.^2] ({values}) -> gain {g:.4g}{tail}"
+
+
+def _backward(via: list, nodes: dict, gains: Gains, prefix: str, layer: str) -> tuple[float, str]:
+    """g_b = 1/sqrt(mean of factor x E[phi'^2] over the consumer chains), and the chains in words."""
+    ds, words = [], []
+    for node_id, factor, chain in via:
+        n = nodes[node_id]
+        stopped = n.kind in ("rule", "op")
+        d = factor * (1.0 if stopped else gains.backward_d(n))
+        ds.append(d)
+        end = f"{n.label} (backward not followed there: 1)" if stopped else (
+            n.label if n.kind == "activation" else n.where if n.kind == "layer" else _PLAIN[n.kind])
+        words.append(f"{layer}{chain} -> {end}".replace(prefix, "") + f": E[d^2] x {d:.4g}")
+    g = 1.0 / math.sqrt(sum(ds) / len(ds)) if ds and sum(ds) > 0 else 1.0
+    return g, "consumer chains " * (len(set(words)) > 1) + "consumer chain " * (len(set(words)) == 1) + "; ".join(dict.fromkeys(words)) + f" -> gain {g:.4g}"
 
 
 def _habit(producers: list[Node], consumers: list[Node], g_f: float, gains: Gains) -> str:

@@ -27,12 +27,12 @@ one :class:`DiscoveryWarning`. Nothing about the model changes: see :func:`disco
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
-from initscope import _discover
+from initscope import _discover, _flow, _signal
 from initscope._ops import Step
 from initscope.errors import DiscoveryWarning
 
@@ -55,6 +55,7 @@ class Node:
     functional: bool = False
     spec: object = field(default=None, compare=False, repr=False)
     param: float | None = None
+    q: float = field(default=1.0, compare=False)
 
     def describe(self) -> str:
         """A short text for the plan, e.g. ``gelu [traced in blocks.0]``."""
@@ -66,13 +67,19 @@ class Node:
 
 @dataclass(frozen=True)
 class LayerLinks:
-    """A weight layer, how often it ran, its producers and its consumers (in call order)."""
+    """A weight layer, how often it ran, its producers and its consumers (in call order).
+
+    ``signals``: the moments of its input, one per call (:mod:`initscope._signal`);
+    ``via``: per consumer reached, (node id, backward factor, words) of the ops met on the way.
+    """
 
     name: str
     layer_type: str
     calls: int
     producers: tuple[Node, ...]
     consumers: tuple[Node, ...]
+    signals: tuple = field(default=(), compare=False, repr=False)
+    via: tuple = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -99,16 +106,21 @@ class Graph:
 @dataclass(frozen=True)
 class _Tag:
     producers: frozenset = frozenset()
-    pending: frozenset = frozenset()     # layer node ids still looking for a consumer
+    pending: frozenset = frozenset()     # (layer node id, backward factor, words) still looking for a consumer
     anc: frozenset = frozenset()         # every node upstream
     last: frozenset = frozenset()        # last weight layer(s) on the way here
     norms: frozenset = frozenset()       # module norms after `last`
+    sig: object = None                   # the value's moments (a Signal)
+
+
+_SETS = ("producers", "pending", "anc", "last", "norms")
 
 
 def _merge(tags: list[_Tag]) -> _Tag | None:
     if len(tags) <= 1:
         return tags[0] if tags else None
-    return _Tag(*(frozenset().union(*(getattr(t, f) for t in tags)) for f in _Tag.__dataclass_fields__))
+    return _Tag(*(frozenset().union(*(getattr(t, f) for t in tags)) for f in _SETS),
+                _flow.merged([t.sig for t in tags]))
 
 
 class Tracker:
@@ -127,10 +139,11 @@ class Tracker:
         self._final: list[str] = []
         self._constant: Node | None = None
 
-    def _node(self, kind: str, label: str, where: str, functional: bool = False, step: Step | None = None) -> Node:
+    def _node(self, kind: str, label: str, where: str, functional: bool = False, step: Step | None = None,
+              q: float = 1.0) -> Node:
         how = self.how[1] if functional else self.how[0]
         node = Node(len(self.nodes), kind, label, where, how, functional,
-                    step.spec if step else None, step.param if step else None)
+                    step.spec if step else None, step.param if step else None, q)
         self.nodes.append(node)
         return node
 
@@ -142,15 +155,17 @@ class Tracker:
             for v in values:
                 self.store.set(v, tag)
 
-    def _consume(self, tag: _Tag | None, node: Node) -> None:
-        for p in tag.pending if tag else ():
-            self._links[self._layer_of[p]][3].add(node.id)
+    def _consume(self, tag: _Tag | None, node: Node, pending: frozenset | None = None) -> None:
+        for p, factor, words in (tag.pending if tag else frozenset()) if pending is None else pending:
+            entry = self._links[self._layer_of[p]]
+            entry[3].add(node.id)
+            entry[5].append((node.id, factor, words))
 
     def input(self, values) -> None:
         """Mark the model's inputs as raw data."""
         for v in values:
             n = self._node("input", "input", "").id
-            self.store.set(v, _Tag(frozenset({n}), anc=frozenset({n})))
+            self.store.set(v, _Tag(frozenset({n}), anc=frozenset({n}), sig=_signal.source("input", frozenset({n}))))
 
     def module(self, name: str, step: Step, inputs, outputs) -> None:
         """An atomic module ran: a layer, a normalization, an activation or a pass-through leaf."""
@@ -161,35 +176,60 @@ class Tracker:
 
     def _layer(self, name: str, layer_type: str, tag: _Tag | None, outputs) -> None:
         node = self._node("layer", layer_type, name)
-        entry = self._links.setdefault(name, [layer_type, 0, set(), set()])
+        entry = self._links.setdefault(name, [layer_type, 0, set(), set(), [], []])
         entry[1] += 1
         if tag is None or not tag.producers:
             self._constant = self._constant or self._node("constant", "constant", "")
         entry[2].update(tag.producers if tag and tag.producers else {self._constant.id})
+        entry[4].append(tag.sig if tag else None)
         self._consume(tag, node)
         self._layer_of[node.id] = name
         me = frozenset({node.id})
-        self._set(outputs, _Tag(me, me, (tag.anc if tag else frozenset()) | me, me))
+        self._set(outputs, _Tag(me, frozenset({(node.id, 1.0, "")}), (tag.anc if tag else frozenset()) | me, me,
+                                sig=_signal.source(name, frozenset({("L", node.id)}))))
 
     def function(self, step: Step, where: str, inputs, outputs, functional: bool = True) -> None:
         """A classified step (see :func:`initscope._ops.classify_function`) ran in ``where``."""
-        tag = self._tag(inputs)
+        tags = [self.store.get(v) for v in inputs]
+        tag = _merge([t for t in tags if t is not None])
         if tag is None:  # made from constants only (torch.arange, a parameter): stays untracked
             return None
-        if step.kind in ("pass", "merge"):
-            return self._set(outputs, tag)
-        if step.kind == "add":
-            self._residual([t for t in map(self.store.get, inputs) if t is not None], where)
-            return self._set(outputs, tag)
-        node = self._node(step.kind, step.label, where, functional, step)
+        if step.kind == "add" and self._residual([t for t in tags if t is not None], where):
+            stream = _signal.source(f"residual stream in {where or 'forward'}", tag.sig.elems if tag.sig else frozenset())
+            return self._set(outputs, replace(tag, sig=stream))
+        if step.kind in ("pass", "merge", "add", "rule"):
+            outcome = _flow.evaluate(step, inputs, tags, len(outputs))
+            if outcome is not None or step.kind != "rule":
+                return self._flowed(step, where, functional, tags, tag, outputs, outcome)
+            step = Step("op", step.label)  # the rule does not apply to this call: an op without a rule
+        sig = tag.sig
+        q = sig.second if sig is not None and sig.level != 0 and step.kind == "activation" else 1.0
+        node = self._node(step.kind, step.label, where, functional, step, q)
         anc = tag.anc | {node.id}
         if step.kind == "norm":
             if not functional:
                 self._norm_of[node.id] = where
             norms = frozenset({node.id}) if not functional else tag.norms
-            return self._set(outputs, _Tag(frozenset({node.id}), tag.pending, anc, tag.last, norms))
+            out = _signal.source(step.label, sig.elems if sig else frozenset())
+            return self._set(outputs, _Tag(frozenset({node.id}), tag.pending, anc, tag.last, norms, out))
         self._consume(tag, node)
-        self._set(outputs, _Tag(frozenset({node.id}), frozenset(), anc, tag.last, tag.norms))
+        self._set(outputs, _Tag(frozenset({node.id}), frozenset(), anc, tag.last, tag.norms,
+                                _flow.after(step, sig, node)))
+
+    def _flowed(self, step: Step, where: str, functional: bool, tags: list, tag: _Tag, outputs,
+                outcome) -> None:
+        """A pass-through, a sum or an op with a moment rule: new moments, the backward chain goes on."""
+        if outcome is None:
+            return self._set(outputs, tag)
+        node = self._node("rule", step.label, where, functional, step) if step.kind == "rule" else None
+        pending, stopped = _flow.pending(tags, outcome.back, keep=node is None)
+        if node is not None:
+            self._consume(None, node, stopped)
+        producers = frozenset({node.id}) if node else tag.producers
+        anc = tag.anc | {node.id} if node else tag.anc
+        sigs = outcome.signals if len(outcome.signals) == len(outputs) else [outcome.signals[0]] * len(outputs)
+        for value, sig in zip(outputs, sigs):
+            self.store.set(value, _Tag(producers, pending, anc, tag.last, tag.norms, sig))
 
     def output(self, values) -> None:
         """The model returned ``values``: pending layers feed the output."""
@@ -200,9 +240,10 @@ class Tracker:
     def _own_layers(self, ids: frozenset) -> list[str]:
         return list(dict.fromkeys(self._layer_of[i] for i in sorted(ids) if i in self._layer_of))
 
-    def _residual(self, tags: list[_Tag], where: str) -> None:
+    def _residual(self, tags: list[_Tag], where: str) -> bool:
+        """Record a residual branch if ``a + b`` is one; True if it is."""
         if len(tags) != 2:
-            return
+            return False
         a, b = tags
         own_a, own_b = self._own_layers(a.anc - b.anc), self._own_layers(b.anc - a.anc)
         if a.anc <= b.anc and own_b or b.anc <= a.anc and own_a:
@@ -210,17 +251,18 @@ class Tracker:
         elif a.anc & b.anc and sorted((len(own_a), len(own_b))) == [1, max(2, len(own_a), len(own_b))]:
             branch = a if len(own_a) > len(own_b) else b
         else:
-            return
+            return False
         own = own_a if branch is a else own_b
         last = self._layer_of[max(branch.last)] if branch.last else own[-1]
         norm = self._norm_of.get(max(branch.norms)) if branch.norms else None
         self._branches.setdefault(last, Branch(where, last, norm, tuple(own)))
+        return True
 
     def graph(self, method: str) -> Graph:
         """The :class:`Graph` found so far."""
         links = {name: LayerLinks(name, t, calls, tuple(self.nodes[i] for i in sorted(prod)),
-                                  tuple(self.nodes[i] for i in sorted(cons)))
-                 for name, (t, calls, prod, cons) in self._links.items()}
+                                  tuple(self.nodes[i] for i in sorted(cons)), tuple(sigs), tuple(via))
+                 for name, (t, calls, prod, cons, sigs, via) in self._links.items()}
         norms = tuple(dict.fromkeys(self._norm_of.values()))
         return Graph(method, links, norms, tuple(self._branches.values()), tuple(self._final))
 

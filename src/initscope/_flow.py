@@ -1,0 +1,76 @@
+"""How the graph tracker moves moments (:mod:`initscope._signal`) through one step.
+
+The tracker (:mod:`initscope.graph`) keeps the data flow: producers, consumers, residual
+branches. This module gives it the moments of each new value and the backward chain:
+``pending`` entries (layer node id, factor, words) travel from a layer's output towards
+its consumers, and each op with a rule multiplies the factor by what it does to
+E[(dL/dx)^2] (:mod:`initscope.oprules`).
+"""
+from __future__ import annotations
+
+import torch
+
+from initscope import _signal
+from initscope._builtin_rules import Call, Outcome, total
+from initscope._ops import Step
+from initscope.oprules import rule_for
+
+__all__ = ["merged", "evaluate", "pending", "after"]
+
+
+def merged(sigs: list) -> object:
+    """The moments of a value with several sources (a module's several inputs): one if they agree."""
+    known = [s for s in sigs if s is not None]
+    if not known:
+        return None
+    if all(s is known[0] for s in known):
+        return known[0]
+    return _signal.combine(known, text="mix of (" + ", ".join(s.text for s in known) + ")")
+
+
+def _shape(value: object) -> tuple | None:
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    meta = getattr(value, "meta", None)
+    tm = meta.get("tensor_meta") if isinstance(meta, dict) else None
+    return tuple(tm.shape) if tm is not None and hasattr(tm, "shape") else None
+
+
+def evaluate(step: Step, inputs: list, tags: list, outputs: int) -> Outcome | None:
+    """The rule's outcome for this call, or None (no rule: moments pass unchanged, or an unknown op)."""
+    if step.call is None:
+        return None
+    name, raw, args, kwargs = step.call
+    sigs = {id(v): t.sig for v, t in zip(inputs, tags) if t is not None}
+    call = Call(name, raw, args, kwargs, list(inputs), lambda v: sigs.get(id(v)), _shape, outputs)
+    if step.kind in ("add", "merge"):
+        return total(call, 1.0 if step.kind == "add" else -1.0)
+    rule = rule_for(name)
+    return rule(call) if rule is not None else None
+
+
+def pending(tags: list, back: list, keep: bool) -> tuple[frozenset, frozenset]:
+    """(entries that go on, entries stopped here). An operand whose factor is None stops its
+    entries (``keep``: a pass-through keeps them with factor 1, as before the rules)."""
+    go, stop = set(), set()
+    for i, tag in enumerate(tags):
+        if tag is None:
+            continue
+        factor = back[i] if i < len(back) else None
+        for p, f, words in tag.pending:
+            if factor is not None:
+                go.add((p, f * factor[0], _signal.short(words + factor[1])))
+            elif keep:
+                go.add((p, f, words))
+            else:
+                stop.add((p, f, words))
+    return frozenset(go), frozenset(stop)
+
+
+def after(step: Step, sig: object, node: object) -> object:
+    """The moments after an activation or an op without a rule."""
+    if step.kind == "activation" and sig is not None:
+        return _signal.activation(sig, step.spec, step.param, step.label)
+    elems = sig.elems if sig is not None else frozenset()
+    label = step.label if step.kind == "op" else node.label
+    return _signal.source(f"{label} (no moment rule)", elems, note=label)
