@@ -32,6 +32,7 @@ from initscope.layer import BlockInit, LayerInit, init_layer_
 from initscope.diagnose import Finding, Thresholds, diagnose, diagnose_run
 from initscope.lsuv import LsuvLayer, LsuvReport, lsuv
 from initscope.moments import Moments, gain, moments
+from initscope.oprules import OpCall, register_rule
 from initscope.probe import Trace, probe
 from initscope.recorder import Recorder
 from initscope.stats import Stats, StatsAccumulator, tensor_stats
@@ -57,6 +58,7 @@ __all__ = [
     "init", "init_layer_", "LayerInit", "BlockInit", "zoo",
     # whole model
     "initialize", "plan", "InitPlan", "PlanRow", "Untouched", "discover", "Graph",
+    "register_rule", "OpCall",  # moment rules for ops between layers (issue 12)
     "lsuv", "LsuvReport", "LsuvLayer",
     # observation
     "probe", "Trace", "Stats", "StatsAccumulator", "tensor_stats", "Finding", "Thresholds", "diagnose",

@@ -153,7 +153,7 @@ def _dropout(call: Call) -> Outcome | None:
         return _same(call, x)
     out = Signal(f"dropout({x.text})", x.mean, x.second / (1 - p), elems=x.elems,
                  formula=f"{x.second:.4g} / (1 - {p:g}) (dropout in training)")
-    return Outcome([out], [(1 / (1 - p), f" dropout(p={p:g})")])
+    return Outcome([out], [(1 / (1 - p), f" -> dropout(p={p:g})")])
 
 
 def _glu(call: Call) -> Outcome | None:
@@ -163,7 +163,7 @@ def _glu(call: Call) -> Outcome | None:
     s = gaussian("sigmoid", 1.0 if x.level == 0 else x.second, derivative=True)
     out = Signal(f"glu({x.text})", x.mean * s.mean, x.second * s.second, elems=x.elems,
                  formula=f"{x.second:.4g} x E[sigmoid^2] {s.second:.4g}")
-    return Outcome([out], [((s.second + x.second * s.deriv_second) / 2, " glu")])
+    return Outcome([out], [((s.second + x.second * s.deriv_second) / 2, " -> glu")])
 
 
 def _softmax(call: Call) -> Outcome | None:
@@ -188,7 +188,7 @@ def _matmul(call: Call) -> Outcome | None:
         return None
     a, b = sigs
     if a.weights:
-        return Outcome([_average(a, b)], [None, (1.0, " attention average")])
+        return Outcome([_average(a, b)], [None, (1.0, " -> attention average")])
     shape = call.shape(call.values[0])
     if shape is None or not shape or a.elems & b.elems:
         return None
@@ -205,7 +205,7 @@ def _attention(call: Call) -> Outcome | None:
     if sv is None:
         return None
     out = _average(call.sig(call.values[0]) or sv, sv)
-    return Outcome([out], [(1.0, " attention average") if x is v else None for x in call.values])
+    return Outcome([out], [(1.0, " -> attention average") if x is v else None for x in call.values])
 
 
 BUILTIN: dict[str, Callable[[Call], Outcome | None]] = {

@@ -210,7 +210,7 @@ class Tracker:
             if not functional:
                 self._norm_of[node.id] = where
             norms = frozenset({node.id}) if not functional else tag.norms
-            out = _signal.source(step.label, sig.elems if sig else frozenset())
+            out = _signal.source(step.label if functional else where, sig.elems if sig else frozenset())
             return self._set(outputs, _Tag(frozenset({node.id}), tag.pending, anc, tag.last, norms, out))
         self._consume(tag, node)
         self._set(outputs, _Tag(frozenset({node.id}), frozenset(), anc, tag.last, tag.norms,

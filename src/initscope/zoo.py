@@ -21,7 +21,7 @@ from torch import nn
 from initscope.activations import activation_module
 from initscope.errors import ArgumentError, UnknownOptionError, choices_message
 
-__all__ = ["mlp", "plain_cnn", "resnet", "transformer", "lstm", "build", "MODELS"]
+__all__ = ["mlp", "plain_cnn", "resnet", "transformer", "lstm", "efficientnet", "build", "MODELS"]
 
 
 def _act(activation: str | Callable[[], nn.Module]) -> nn.Module:
@@ -148,6 +148,63 @@ def lstm(input_size: int = 16, hidden_size: int = 32, num_layers: int = 2, out_f
     return LSTMRegressor(input_size, hidden_size, num_layers, out_features)
 
 
+class SqueezeExcite(nn.Module):
+    """x * gate(expand(silu(reduce(mean over space of x)))), the gate sigmoid or hardsigmoid."""
+
+    def __init__(self, channels: int, reduced: int, gate: str):
+        super().__init__()
+        self.reduce, self.expand = nn.Conv2d(channels, reduced, 1), nn.Conv2d(reduced, channels, 1)
+        self.gate = torch.sigmoid if gate == "sigmoid" else F.hardsigmoid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.expand(F.silu(self.reduce(x.mean((2, 3), keepdim=True))))
+        return x * self.gate(s)
+
+
+class MBConv(nn.Module):
+    """Inverted bottleneck (Tan & Le 2019): 1x1 expand-BN-SiLU, depthwise 3x3-BN-SiLU, squeeze-
+    excitation, 1x1 project-BN, plus the input where the shapes allow."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, expand: int, gate: str):
+        super().__init__()
+        hidden = c_in * expand
+        self.expand = nn.Conv2d(c_in, hidden, 1, bias=False)
+        self.bn0 = nn.BatchNorm2d(hidden)
+        self.depthwise = nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False)
+        self.bn1 = nn.BatchNorm2d(hidden)
+        self.se = SqueezeExcite(hidden, max(1, c_in // 4), gate)
+        self.project = nn.Conv2d(hidden, c_out, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.bn1(self.depthwise(F.silu(self.bn0(self.expand(x))))))
+        h = self.bn2(self.project(self.se(h)))
+        return x + h if self.residual else h
+
+
+def efficientnet(depth: int = 12, width: int = 16, in_channels: int = 3, num_classes: int = 10, expand: int = 4,
+                 gate: str = "sigmoid") -> nn.Sequential:
+    """An EfficientNet-like stack: a conv-BN-SiLU stem, ``depth`` MBConv blocks with
+    squeeze-excitation gates in stages of two (the first of a stage widens by ``width // 2``
+    channels, every other stage halves the resolution; the second is residual), a 1x1 head,
+    pooling and a classifier. ``gate``: sigmoid or hardsigmoid."""
+    _positive(depth=depth, width=width, in_channels=in_channels, num_classes=num_classes, expand=expand)
+    if gate not in ("sigmoid", "hardsigmoid"):
+        raise UnknownOptionError(choices_message("gate", gate, ("sigmoid", "hardsigmoid")))
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.SiLU()]
+    c = width
+    for i in range(depth):
+        first = i % 2 == 0
+        c_out = c + width // 2 if first else c
+        layers.append(MBConv(c, c_out, 2 if first and i % 4 == 2 else 1, expand, gate))
+        c = c_out
+    head = 4 * c
+    layers += [nn.Conv2d(c, head, 1, bias=False), nn.BatchNorm2d(head), nn.SiLU(), nn.AdaptiveAvgPool2d(1),
+               nn.Flatten(), nn.Linear(head, num_classes)]
+    return nn.Sequential(*layers)
+
+
 def _mlp_input(kw: dict, batch: int, size: int | None) -> torch.Size:
     return torch.Size([batch, kw.get("in_features") or kw.get("width", 100)])
 
@@ -162,6 +219,7 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], Callable[[dict, int, int | Non
     "resnet": (resnet, _image),
     "transformer": (transformer, lambda kw, b, size: torch.Size([b, size or 16, kw.get("d_model", 64)])),
     "lstm": (lstm, lambda kw, b, size: torch.Size([b, size or 12, kw.get("input_size", 16)])),
+    "efficientnet": (efficientnet, _image),
 }
 
 
@@ -170,10 +228,10 @@ def build(name: str, *, batch: int = 4, seed: int = 0, size: int | None = None,
     """A zoo model and an N(0, 1) example input for it, both from ``seed`` (independent streams).
 
     Args:
-        name: mlp, plain_cnn, resnet, transformer or lstm.
+        name: mlp, plain_cnn, resnet, transformer, lstm or efficientnet.
         batch: the input's batch size.
         seed: seeds the model's default init and the input.
-        size: image side (32) for the CNNs, sequence length (16, 12) for the transformer
+        size: image side (32) for the CNNs (plain_cnn, resnet, efficientnet), sequence length (16, 12) for the transformer
             and the LSTM; the mlp ignores it.
         **kwargs: the factory's arguments.
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from initscope import zoo
 from initscope.errors import UnknownOptionError, choices_message
-from initscope.experiments.base import ProgressLike, Result, check_count, check_positive, figure, progress_steps
+from initscope.experiments.base import ProgressLike, Result, check_count, check_positive, figure, jsonable, progress_steps
 
 __all__ = ["he2015", "He2015Result", "INITS", "digits", "add_arguments"]
 
@@ -166,10 +166,10 @@ class He2015Result(Result):
         return fig
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "settings": self.settings, "losses": self.losses, "final": self.final,
+        return jsonable({"name": self.name, "settings": self.settings, "losses": self.losses, "final": self.final,
                 "test_loss": self.test_loss, "test_accuracy": self.test_accuracy, "seconds": self.seconds,
                 "signal_at_init": self.signal,
-                "verdict": self.verdict(), "summary": dict(self.summary())}
+                "verdict": self.verdict(), "summary": dict(self.summary())})
 
     def rows(self) -> list[dict]:
         return [{"depth": depth, "init": scheme, "step": s + 1, "loss": self.losses[d, i, s]}

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from initscope import zoo
-from initscope.experiments.base import ProgressLike, Result, check_count, check_positive, figure, progress_steps
+from initscope.experiments.base import ProgressLike, Result, check_count, check_positive, figure, jsonable, progress_steps
 from initscope.probe import probe
 from initscope.theory import propagate
 
@@ -146,9 +146,9 @@ class LowPrecisionResult(Result):
         return fig
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "settings": self.settings, "scales": self.scales,
+        return jsonable({"name": self.name, "settings": self.settings, "scales": self.scales,
                 "fractions": self.fractions, "theory_forward": self.theory, "safe": self.safe,
-                "safe_range": self.safe_range,                "summary": dict(self.summary())}
+                "safe_range": self.safe_range,                "summary": dict(self.summary())})
 
     def rows(self) -> list[dict]:
         out = []

@@ -28,7 +28,7 @@ from torch import nn
 
 from initscope import init
 from initscope.errors import UnknownOptionError, choices_message
-from initscope.experiments.base import ProgressLike, Result, check_count, figure, progress_steps
+from initscope.experiments.base import ProgressLike, Result, check_count, figure, jsonable, progress_steps
 from initscope.moments import moments
 from initscope.probe import probe
 from initscope.theory import propagate
@@ -89,8 +89,8 @@ class MeanShiftResult(Result):
         return fig
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "settings": self.settings, "mean": self.mean, "std": self.std,
-                "theory_mean": self.theory_mean, "theory_std": self.theory_std, "summary": dict(self.summary())}
+        return jsonable({"name": self.name, "settings": self.settings, "mean": self.mean, "std": self.std,
+                "theory_mean": self.theory_mean, "theory_std": self.theory_std, "summary": dict(self.summary())})
 
     def rows(self) -> list[dict]:
         return [{"variant": v, "layer": l + 1, "mean": self.mean[i, l], "theory_mean": self.theory_mean[i, l],

@@ -27,7 +27,7 @@ import torch
 
 from initscope.activations import resolve
 from initscope.errors import UnknownOptionError, choices_message
-from initscope.experiments.base import ProgressLike, Result, check_count, check_positive, figure, progress_steps
+from initscope.experiments.base import ProgressLike, Result, check_count, check_positive, figure, jsonable, progress_steps
 from initscope.moments import ActivationLike
 from initscope.theory import Band, finite_width_band, propagate
 
@@ -151,10 +151,10 @@ class UdlResult(Result):
     def to_dict(self) -> dict:
         bands = {d: [{"lower": b.lower, "median": b.median, "upper": b.upper, "log_std": b.log_std}
                      for b in getattr(self, f"band_{d}")] for d in ("forward", "backward")}
-        return {"name": self.name, "settings": self.settings, "forward": self.forward, "backward": self.backward,
+        return jsonable({"name": self.name, "settings": self.settings, "forward": self.forward, "backward": self.backward,
                 "theory_forward": self.theory_forward, "theory_backward": self.theory_backward,
                 "bands": bands, "bad_forward": self.bad_forward, "bad_backward": self.bad_backward,
-                "bad_kinds": self.bad_kinds, "summary": dict(self.summary())}
+                "bad_kinds": self.bad_kinds, "summary": dict(self.summary())})
 
     def rows(self) -> list[dict]:
         out = []

@@ -30,7 +30,7 @@ import torch
 
 from initscope import init
 from initscope.errors import UnknownOptionError, choices_message
-from initscope.experiments.base import ProgressLike, Result, check_count, check_positive, figure, progress_steps
+from initscope.experiments.base import ProgressLike, Result, check_count, check_positive, figure, jsonable, progress_steps
 from initscope.theory import propagate
 
 __all__ = ["width", "WidthResult", "SCHEMES", "add_arguments"]
@@ -154,9 +154,9 @@ class WidthResult(Result):
         return fig
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "settings": self.settings, "widths": self.widths, "at_init": self.at_init,
+        return jsonable({"name": self.name, "settings": self.settings, "widths": self.widths, "at_init": self.at_init,
                 "trained": self.trained, "theory": self.theory, "slopes_init": self.slopes("at_init"),
-                "slopes_trained": self.slopes("trained"), "summary": dict(self.summary())}
+                "slopes_trained": self.slopes("trained"), "summary": dict(self.summary())})
 
     def rows(self) -> list[dict]:
         return [{"width": int(n), "seed": seed, "layer": l + 1, "init": self.at_init[i, s, l],
