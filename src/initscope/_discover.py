@@ -275,7 +275,7 @@ def _fx(model: nn.Module, tracker) -> None:
             tracker.output(values)
         elif node.op == "call_module":
             module = model.get_submodule(node.target)
-            step = classify_module(module) or _torch_leaf(module)
+            step = classify_module(module) or _torch_leaf(module, values)
             step = Step("activation", step.label, step.spec) if step.kind == "leaf" else step
             tracker.module(node.target, step, values, [node])
         elif node.op in ("call_function", "call_method"):
@@ -284,10 +284,17 @@ def _fx(model: nn.Module, tracker) -> None:
             tracker.function(classify_function(node.target, node.args, node.kwargs, is_node), where, values, [node])
 
 
-def _torch_leaf(module: nn.Module) -> Step:
-    """A torch.nn leaf without a step of its own: softmax-like ones are ops, the rest pass."""
+def _torch_leaf(module: nn.Module, values: list) -> Step:
+    """A torch.nn leaf without a step of its own, as the function it calls: GLU, Softmax and
+    Softmin have moment rules, dropout passes (with its rule), other softmax-like ones are ops."""
     name = type(module).__name__
-    return Step("op" if "Softm" in name or name in ("GLU",) else "pass", name)
+    x = tuple(values[:1])
+    if isinstance(module, (nn.GLU, nn.Softmax, nn.Softmin)):
+        function = "glu" if isinstance(module, nn.GLU) else name.lower()
+        return Step("rule", name, call=(function, function, x, {"dim": module.dim}))
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return Step("pass", name, call=("dropout", "dropout", (*x, module.p, module.training), {}))
+    return Step("op" if "Softm" in name else "pass", name)
 
 
 def _atomic(model: nn.Module) -> Iterator[tuple[str, Step]]:
