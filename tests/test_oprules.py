@@ -265,3 +265,20 @@ def test_plan_rows_spell_out_the_chain():
     assert p.row("0.down.weight").reason == "fan_in: producer silu(gate) * up: E[.^2] = 0.3558 x 1 -> gain 1.677"
     p = initscope.plan(model, example_input=torch.randn(4, 8), mode="fan_out")
     assert p.row("0.up.weight").reason == "fan_out: consumer chain up * silu(gate) -> down: E[d^2] x 0.3558 -> gain 1.677"
+
+
+def test_a_user_rule_that_raises_is_named_in_the_error():
+    class Cum(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 1)
+
+        def forward(self, x):
+            return self.b(torch.cumsum(self.a(x), -1))
+
+    register_rule("cumsum", lambda call: 1 / 0)
+    try:
+        with pytest.raises(initscope.ForwardError, match=r"register_rule\('cumsum'\): the rule raised ZeroDivisionError"):
+            initscope.plan(Cum(), example_input=torch.randn(4, 8))
+    finally:
+        register_rule("cumsum", None)

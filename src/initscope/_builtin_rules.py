@@ -128,7 +128,7 @@ def _slices(call: Call) -> Outcome | None:
 
 def _like(x: Signal, text: str, elems: frozenset) -> Signal:
     """Other entries of the same law as ``x`` (its moments, read lazily through ``x``)."""
-    return Signal(text, level=x.level, elems=elems, lazy=x._get, formula=x.formula)
+    return Signal(text, level=x.level, elems=elems, lazy=x._get, formula=lambda: x.formula)
 
 
 def _part(x: Signal, key: object, i: int) -> frozenset:

@@ -13,7 +13,8 @@ import torch
 from initscope import _signal
 from initscope._builtin_rules import Call, Outcome, total
 from initscope._ops import Step
-from initscope.oprules import rule_for
+from initscope.errors import ArgumentError
+from initscope.oprules import is_user_rule, rule_for
 
 __all__ = ["merged", "evaluate", "pending", "after"]
 
@@ -46,7 +47,15 @@ def evaluate(step: Step, inputs: list, tags: list, outputs: int) -> Outcome | No
     if step.kind in ("add", "merge"):
         return total(call, 1.0 if step.kind == "add" else -1.0)
     rule = rule_for(name)
-    return rule(call) if rule is not None else None
+    if rule is None:
+        return None
+    try:
+        return rule(call)
+    except Exception as exc:  # noqa: BLE001  a built-in rule meeting an unforeseen call: no rule
+        if is_user_rule(name):
+            raise ArgumentError(f"register_rule({name!r}): the rule raised {type(exc).__name__}: {exc}; "
+                                "fix it or remove it with register_rule(op, None)") from exc
+        return None
 
 
 def pending(tags: list, back: list, keep: bool) -> tuple[frozenset, frozenset]:
@@ -72,5 +81,4 @@ def after(step: Step, sig: object, node: object) -> object:
     if step.kind == "activation" and sig is not None:
         return _signal.activation(sig, step.spec, step.param, step.label)
     elems = sig.elems if sig is not None else frozenset()
-    label = step.label if step.kind == "op" else node.label
-    return _signal.source(f"{label} (no moment rule)", elems, note=label)
+    return _signal.source(f"{node.label} (no moment rule)", elems, note=node.label)

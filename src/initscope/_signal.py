@@ -49,12 +49,12 @@ class Signal:
     cost a quadrature, and most are never read. NaN means unknown.
     """
 
-    __slots__ = ("text", "formula", "level", "elems", "weights", "note", "_values", "_lazy")
+    __slots__ = ("text", "_formula", "level", "elems", "weights", "note", "_values", "_lazy")
 
-    def __init__(self, text: str, mean: float = 0.0, second: float = 1.0, *, formula: str = "",
+    def __init__(self, text: str, mean: float = 0.0, second: float = 1.0, *, formula: str | Callable[[], str] = "",
                  level: int | None = None, elems: frozenset = frozenset(), weights: bool = False,
                  note: str = "", lazy: Callable[[], tuple[float, float]] | None = None):
-        self.text, self.formula, self.level, self.elems = short(text), formula, level, elems
+        self.text, self._formula, self.level, self.elems = short(text), formula, level, elems
         self.weights, self.note = weights, note
         self._values, self._lazy = (None if lazy else (float(mean), float(second))), lazy
 
@@ -65,6 +65,11 @@ class Signal:
             except InitscopeError:  # a user's callable that the quadrature cannot integrate
                 self._values = (math.nan, math.nan)
         return self._values
+
+    @property
+    def formula(self) -> str:
+        """How the last op made ``second``, in words ("0.3558 x 1"); may be empty."""
+        return self._formula() if callable(self._formula) else self._formula
 
     @property
     def mean(self) -> float:
@@ -136,6 +141,8 @@ def combine(signals: list[Signal], weights: list[float] | None = None, text: str
                 sum(wi * s.second for wi, s in zip(w, signals)) / total)
 
     words = text or "cat(" + ", ".join(s.text for s in signals) + ")"
-    formula = " + ".join(f"{wi / total:.3g} x {s.second:.3g}" for wi, s in zip(w, signals)) if not same else ""
+    def formula() -> str:
+        return " + ".join(f"{wi / total:.3g} x {s.second:.4g}" for wi, s in zip(w, signals)) if not same else ""
+
     return Signal(words, level=level, elems=frozenset().union(*(s.elems for s in signals)), lazy=lazy,
                   formula=formula)

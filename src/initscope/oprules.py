@@ -50,7 +50,7 @@ from initscope._builtin_rules import BUILTIN, Outcome
 from initscope._ops import function_name
 from initscope.errors import ArgumentError
 
-__all__ = ["OpCall", "register_rule", "rule_for"]
+__all__ = ["OpCall", "register_rule", "rule_for", "is_user_rule"]
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,11 @@ def register_rule(op: object, forward: Callable[[OpCall], object] | None,
             raise ArgumentError(f"register_rule({name!r}): {arg} must be callable (it gets an OpCall); "
                                 f"got {type(value).__name__}")
     _USER[name] = (forward, backward)
+
+
+def is_user_rule(name: str) -> bool:
+    """Whether op ``name`` has a rule from :func:`register_rule`."""
+    return name in _USER
 
 
 def rule_for(name: str) -> Callable | None:
