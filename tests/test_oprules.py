@@ -50,6 +50,7 @@ class Two(nn.Module):
 @pytest.mark.parametrize("op,mc", [
     (lambda a, b: a * b, lambda a, b: a * b),
     (lambda a, b: F.silu(a) * b, lambda a, b: F.silu(a) * b),
+    (lambda a, b: F.relu(a) * b, lambda a, b: F.relu(a) * b),
     (lambda a, b: torch.tanh(a) * torch.sigmoid(b), lambda a, b: torch.tanh(a) * torch.sigmoid(b)),
     (lambda a, b: F.gelu(a) * (b + 0.5), lambda a, b: F.gelu(a) * (b + 0.5)),
     (lambda a, b: a + b, lambda a, b: a + b),
@@ -282,3 +283,29 @@ def test_a_user_rule_that_raises_is_named_in_the_error():
             initscope.plan(Cum(), example_input=torch.randn(4, 8))
     finally:
         register_rule("cumsum", None)
+
+
+class SwiGLU(nn.Module):
+    """Parameter-free, halves its input: not an activation, so discovery looks inside."""
+
+    def forward(self, x):
+        a, b = x.chunk(2, dim=-1)
+        return F.silu(a) * b
+
+
+def test_a_parameter_free_glu_module_is_traced_inside():
+    model = nn.Sequential(nn.Linear(8, 32), SwiGLU(), nn.Linear(16, 1))
+    p = initscope.plan(model, example_input=torch.randn(4, 8))
+    assert p.row("2.weight").gain == pytest.approx(1.6765, abs=1e-4)  # 1/sqrt(E[silu(z)^2])
+    assert "silu(0[0]) * 0[1]" in p.row("2.weight").reason
+
+
+def test_without_example_input_the_fx_trace_gets_the_same_gains():
+    model = nn.Sequential(Glu("chunk"))
+    with pytest.warns(initscope.DiscoveryWarning):
+        p = initscope.plan(model)
+    assert p.discovery == "fx" and p.row("0.out.weight").gain == pytest.approx(1.6765, abs=1e-4)
+    model = nn.Sequential(nn.Linear(8, 16), nn.GLU(), nn.Linear(8, 1))  # a module: fx keeps it whole
+    with pytest.warns(initscope.DiscoveryWarning):
+        p = initscope.plan(model)
+    assert p.row("2.weight").gain == pytest.approx(1 / math.sqrt(initscope.moments("sigmoid").second))

@@ -5,7 +5,8 @@ normalization, an activation, a parameter-free custom leaf) or is traced
 through; :func:`classify_function` sorts the torch functions a custom forward
 calls: activations (``F.relu``, ``torch.tanh``, ``x.relu()``, in-place
 variants), normalizations, additions, pass-through ops (shapes, dropout,
-pooling), and everything else ("op": its second moment is unknown, gain 1).
+pooling), ops with a moment rule (:mod:`initscope.oprules`: products, ``glu``, softmax,
+matmul, your own), and everything else ("op": its second moment is unknown, gain 1).
 
 Functions are matched by name (``relu_`` -> ``relu``, ``__iadd__`` -> ``add``),
 so the same table serves a real run under a torch function mode and a

@@ -20,6 +20,12 @@ and every step upstream of it. The rules:
   Parallel branches of equal depth are not residual. The branch's last weight layer and
   the normalization after it (if any) are recorded.
 
+- **moments**: every value also carries its mean and second moment (:mod:`initscope._signal`),
+  moved through the ops between layers by the rules of :mod:`initscope.oprules` (products,
+  gates, GLU, sums, concat, dropout, ...); a layer records the moments of its input and, per
+  consumer, the backward factors of the ops on the way (``LayerLinks.signals``/``via``).
+  Ops with a rule do not stop the search for a consumer unless their rule says so.
+
 Without ``example_input`` it reads a ``torch.fx`` symbolic trace, else the module
 registration order (no residual detection there); both are marked "assumed" and give
 one :class:`DiscoveryWarning`. Nothing about the model changes: see :func:`discover`.

@@ -7,7 +7,9 @@ shows its work. The rules:
 
 - **fan_in** (the default): the *producer* of a layer's input decides,
   gain = 1/sqrt(E[phi(z)^2]), from Var[f'] = s2 * fan * E[h^2] with h = phi(f). Raw
-  data, a normalization, another layer or an op of unknown moments give gain 1. This
+  data, a normalization, another layer or an op without a moment rule give gain 1; ops
+  with one (products and gates, GLU, sums, concat, dropout: :mod:`initscope.oprules`) give
+  1/sqrt(E[x^2]) of the moments carried through them. This
   differs from the usual PyTorch habit (the gain of the activation *after* the layer):
   for the first layer of a ReLU net the habit gives sqrt(2), twice the variance.
 - **fan_out**: the *consumer* decides, gain = 1/sqrt(E[phi'(z)^2]) of the activation
