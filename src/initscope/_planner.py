@@ -12,6 +12,9 @@ a normalization, an activation; see :func:`initscope._ops.classify_module`), its
 - untouched, with the reason: activation parameters (PReLU), parameters held directly by
   a container, other 1-D layer parameters, lazy or non-float ones, and second names of a
   shared tensor.
+
+A tensor shared by an embedding and a layer (tied input and output embeddings) is scaled
+for the layer use; :mod:`initscope._tied` gives the reasoning and the trade-off.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from torch.nn.parameter import is_lazy
 from initscope._ops import classify_module
 from initscope._residual import Factors
 from initscope._rules import EMBEDDINGS, Gains, given_for, layer_gains, role
+from initscope._tied import alias_reason, split_uses
 from initscope.errors import UnknownOptionError, choices_message
 from initscope.fans import fan, tensor_fans
 from initscope.graph import Graph
@@ -86,14 +90,31 @@ class Planner:
             out = self._param(names, p, nonlinearity)
             rows += out if isinstance(out, list) else []
             untouched += [out] if isinstance(out, Untouched) else []
-            untouched += [Untouched(a, tuple(p.shape), f"same tensor as `{names[0]}`: initialized there")
-                          for a in names[1:]]
-        self.notes += self.gains.notes
+            units = self._units(names)
+            why = alias_reason(names[0], units, split_uses(units)[0] if self.scheme != "torch_default" else units)
+            untouched += [Untouched(a, tuple(p.shape), why) for a in names[1:]]
+        self.notes += self.gains.notes + self._output_notes()
         return rows, untouched
+
+    def _output_notes(self) -> list[str]:
+        """Output layers that read a normalization: the output scale is theirs alone."""
+        notes = []
+        for name, link in (self.graph.layers.items() if self.graph else ()):
+            producers = [n for n in link.producers if n.kind != "constant"]
+            if any(n.kind == "output" for n in link.consumers) and producers and \
+                    all(n.kind == "norm" for n in producers):
+                notes.append(f"output layer `{name}` reads a normalization ({producers[0].describe()}): the output's "
+                             "scale is set by that layer alone, so it does not show whether the gains before the "
+                             "normalization keep the signal; probe the layers before it to see that")
+        return notes
+
+    def _units(self, names: list[str]) -> list[tuple]:
+        """The distinct units that use one tensor (several for a shared or tied weight)."""
+        return list({u[0]: u for u in map(self.unit, names) if u is not None}.values())
 
     def _param(self, names: list[str], p: nn.Parameter, nonlinearity: object) -> list[PlanRow] | Untouched:
         name, shape = names[0], tuple(p.shape)
-        units = list({u[0]: u for u in map(self.unit, names) if u is not None}.values())
+        units = self._units(names)
         if self.scheme == "torch_default":
             return self._torch_default(name, shape, *(units[0] if units else ("", None, None, "")))
         if not units:
@@ -115,8 +136,11 @@ class Planner:
             if self.bias == "keep":
                 return Untouched(name, shape, "bias='keep'")
             return [self._constant(name, shape, unit_name, unit, local, 0.0, "bias set to 0")]
-        given = given_for(nonlinearity, unit_name)
-        return self._weight(name, shape, units, local, given)
+        setters, lookups, tied = split_uses(units)
+        if tied:
+            self.notes.append(tied)
+        given = given_for(nonlinearity, setters[0][0])
+        return self._weight(name, shape, setters, setters[0][3], given, lookups, tied)
 
     def _sides(self, unit_name: str, side: str = "both") -> tuple[tuple[str, ...], tuple[str, ...]]:
         link = self.graph.layers.get(unit_name) if self.graph else None
@@ -142,14 +166,14 @@ class Planner:
             return [self._constant(name, shape, unit_name, unit, local, 0.0, "normalization shift set to 0")]
         return Untouched(name, shape, f"parameter {local!r} of normalization `{unit_name}`: kept")
 
-    def _weight(self, name, shape, units, local, given) -> list[PlanRow]:
+    def _weight(self, name, shape, units, local, given, lookups=(), tied="") -> list[PlanRow]:
         unit_name, unit = units[0][0], units[0][1]
         f, side = fan(unit, local), role(unit, local)
         g_f, g_b, why = self._gains(units, side, given)
         which, factor, res_why = self.residual.layers.get(unit_name, ("all", 1.0, ""))
         factor = factor if which == "all" or side in ("exit", "both") else 1.0
         dist, extra = self._distribution(unit, shape)
-        reason = "; ".join(x for x in (why, res_why * (factor != 1.0), extra, f.note * f.fallback) if x)
+        reason = "; ".join(x for x in (tied, why, res_why * (factor != 1.0), extra, f.note * f.fallback) if x)
         head = (name, unit_name, type(unit).__name__, shape, *self._sides(unit_name, side))
         embedding = isinstance(unit, EMBEDDINGS)
         rows = []
@@ -159,8 +183,9 @@ class Planner:
             kind = "zeros" if factor == 0 else dist
             rows.append(_row(head, b.name, (b.rows.start, b.rows.stop), (b.fan_in, b.fan_out, used),
                              base * math.sqrt(used), std, kind, factor, reason))
-        padding = getattr(unit, "padding_idx", None)
-        if isinstance(unit, nn.Embedding) and padding is not None:
+        lookup = next((u[1] for u in (*units[:1], *lookups) if isinstance(u[1], nn.Embedding)), None)
+        padding = getattr(lookup, "padding_idx", None)
+        if padding is not None:
             rows.append(_row(head, "padding_idx", (padding, padding + 1), (1.0, 1.0, math.nan), math.nan, 0.0,
                              "zeros", 1.0, "padding_idx row set to 0, as torch"))
         return rows

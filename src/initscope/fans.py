@@ -292,6 +292,31 @@ def _rnn_cell(m: nn.RNNCellBase, param: str, shape: tuple[int, ...]) -> _Found:
     return _gate_blocks(param, gates, m.hidden_size, columns[param])
 
 
+def _transposed_linear(m: nn.Module, param: str, shape: tuple[int, ...]) -> _Found:
+    """transformers' ``Conv1D`` (GPT, GPT-2): ``y = x @ W + b`` with ``W`` stored ``(nx, nf)``,
+    i.e. ``(in, out)``, the transpose of ``Linear``. Each output sums ``nx`` terms, so
+    ``fan_in = nx = shape[0]`` and ``fan_out = nf = shape[1]``.
+
+    Differs from torch's shape convention, which reads ``fan_in = shape[1] = nf``: for
+    GPT-2's ``c_fc`` (768 -> 3072) that is 4x too large a fan_in (std 2x too small), for
+    ``c_proj`` (3072 -> 768) 4x too small. GPT-2's ``c_attn`` packs q, k, v along the
+    columns; they share ``fan_in = nx``, so one block covers them.
+    """
+    if param != "weight" or len(shape) != 2:
+        return None
+    nx, nf = shape
+    note = f"weight stored (in, out): fan_in = nx = {nx}, fan_out = nf = {nf}"
+    return _one(param, shape, nx, nf), note
+
+
+def is_transposed_linear(m: nn.Module) -> bool:
+    """transformers' ``Conv1D``, recognised without importing transformers: its class name,
+    its ``nx``/``nf`` and a weight of shape ``(nx, nf)``."""
+    w = getattr(m, "weight", None)
+    return (type(m).__name__ == "Conv1D" and isinstance(w, torch.Tensor) and not is_lazy(w)
+            and tuple(w.shape) == (getattr(m, "nx", None), getattr(m, "nf", None)))
+
+
 def _not_fan_initialized(m: nn.Module, param: str, shape: tuple[int, ...]) -> _Found:
     """Normalization scales/shifts and PReLU slopes act elementwise: nothing is
     summed, so the fans are 1. They are set to constants, not from a fan."""
@@ -330,6 +355,8 @@ def _parameter(module: nn.Module, param: str) -> tuple[nn.Module, str, tuple[int
 
 
 def _rule(module: nn.Module) -> _Rule | None:
+    if is_transposed_linear(module):
+        return _transposed_linear
     return next((_RULES[c] for c in type(module).__mro__ if c in _RULES), None)
 
 
@@ -371,6 +398,7 @@ def fan(module: nn.Module, param: str = "weight") -> Fan:
     layer                 fan_in                            fan_out
     ====================  ================================  ================================
     Linear                in_features                       out_features
+    HF Conv1D (in, out)   nx = shape[0]                     nf = shape[1]
     Bilinear              in1 * in2                         out * sqrt(in1 * in2)
     Conv1d/2d/3d          (in/g) * prod(k)                  (out/g) * prod(k) / prod(stride)
     ConvTranspose1-3d     (in/g) * prod(k) / prod(stride)   (out/g) * prod(k)
