@@ -33,7 +33,7 @@ class Case:
     config: str
     kwargs: dict = field(default_factory=dict)
     inputs: str = "tokens"
-    gated: str = ""  # the op whose moment rule (issue 12, parts 1-4) the output std depends on
+    gated: str = ""  # the ops whose moment rules (issue 12, parts 1-4) the output std depends on
     image: int = 32
 
 
@@ -53,17 +53,18 @@ CASES = (
          {**_DECODER, "num_local_experts": 4, "num_experts_per_tok": 2}, gated="silu(gate) * up in each expert"),
     Case("vit", "ViTForImageClassification", "ViTConfig",
          {"hidden_size": _HIDDEN, "num_hidden_layers": _LAYERS, "num_attention_heads": _HEADS,
-          "intermediate_size": 128, "image_size": 32, "patch_size": 8, "num_labels": 10}, inputs="image"),
+          "intermediate_size": 128, "image_size": 32, "patch_size": 8, "num_labels": 64}, inputs="image"),
     Case("resnet", "ResNetForImageClassification", "ResNetConfig",
          {"embedding_size": 16, "hidden_sizes": [16, 32], "depths": [1, 1], "layer_type": "basic",
-          "num_labels": 10}, inputs="image"),
+          "num_labels": 64}, inputs="image", gated="max_pool2d raises, adaptive_avg_pool2d lowers E[x^2]"),
     Case("convnext", "ConvNextForImageClassification", "ConvNextConfig",
-         {"hidden_sizes": [16, 32], "depths": [1, 1], "num_stages": 2, "num_labels": 10}, inputs="image"),
+         {"hidden_sizes": [16, 32], "depths": [1, 1], "num_stages": 2, "num_labels": 64}, inputs="image"),
     Case("efficientnet", "EfficientNetForImageClassification", "EfficientNetConfig",
          {"image_size": 32, "width_coefficient": 0.25, "depth_coefficient": 0.25, "hidden_dim": 320,
-          "num_labels": 10}, inputs="image", gated="sigmoid(SE) * features"),
+          "num_labels": 64}, inputs="image", gated="sigmoid(SE) * features"),
     Case("mobilenet_v2", "MobileNetV2ForImageClassification", "MobileNetV2Config",
-         {"image_size": 96, "depth_multiplier": 0.35, "num_labels": 10}, inputs="image", image=96),
+         {"image_size": 96, "depth_multiplier": 0.35, "num_labels": 64}, inputs="image", image=96,
+         gated="adaptive_avg_pool2d keeps only the mean part of E[relu6^2]; zero padding of 3x3 maps"),
 )
 
 

@@ -149,3 +149,14 @@ def test_probe_uses_the_models_own_loss_when_labels_are_given():
         expected = model(**batch).loss.item()
     assert trace.loss == pytest.approx(expected, rel=1e-6)  # the same eval-mode forward
     assert "default loss taken on output['loss'] (the model's own loss)" in trace.notes
+
+
+def test_positional_ids_and_a_batch_encoding_are_accepted():
+    from transformers import BatchEncoding
+
+    model, x = cases.build(cases.CASE["gpt2"])
+    initscope.initialize(model, example_input=x["input_ids"])  # model(input_ids)
+    encoding = BatchEncoding(x)  # what a tokenizer returns: a Mapping, passed as keyword arguments
+    trace = initscope.probe(model, encoding)
+    report = initscope.lsuv(model, encoding, pre_init=None)
+    assert math.isfinite(trace.loss) and report.converged and _finite(model) == []

@@ -1,0 +1,113 @@
+"""The pieces real transformers models need, on small stand-ins that run without transformers:
+the ``Conv1D`` (in, out) layout, tied input/output embeddings, and ``ModelOutput``-like
+mapping outputs in probe."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import initscope
+from initscope.fans import fan, is_transposed_linear
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Conv1D(nn.Module):
+    """transformers' GPT-2 layer, re-written: a Linear whose weight is stored (in, out)."""
+
+    def __init__(self, nf: int, nx: int):
+        super().__init__()
+        self.nf, self.nx = nf, nx
+        self.weight = nn.Parameter(torch.empty(nx, nf))
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x):
+        return x @ self.weight + self.bias
+
+
+class TiedLM(nn.Module):
+    """Embedding -> Conv1D -> ReLU -> LayerNorm -> Linear tied to the embedding; dict output."""
+
+    def __init__(self, vocab: int = 300, d: int = 96, padding_idx: int | None = None):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d, padding_idx=padding_idx)
+        self.fc, self.ln = Conv1D(d, d), nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.wte.weight
+
+    def forward(self, input_ids):
+        h = self.ln(torch.relu(self.fc(self.wte(input_ids))))
+        return {"hidden": h, "logits": self.head(h)}
+
+
+def test_conv1d_fans_read_in_out_layout():
+    layer = Conv1D(nf=12, nx=5)
+    f = fan(layer)
+    assert (f.fan_in, f.fan_out, f.fallback) == (5.0, 12.0, False)  # torch's convention gives (12, 5)
+    assert fan(layer, "bias").blocks[0].rows == slice(0, 12)
+
+
+def test_a_module_named_conv1d_without_its_layout_is_not_read_as_one():
+    layer = Conv1D(nf=12, nx=5)
+    layer.nx = 7  # the weight is no longer (nx, nf): not transformers' layer
+    assert not is_transposed_linear(layer)
+    assert fan(layer).fallback
+
+
+def test_conv1d_after_relu_gets_the_kaiming_std_of_its_true_fan_in():
+    model = nn.Sequential(nn.Linear(8, 40), nn.ReLU(), Conv1D(nf=10, nx=40))
+    p = initscope.initialize(model, example_input=torch.randn(4, 8))
+    assert p.row("2.weight").std == pytest.approx(math.sqrt(2 / 40), rel=1e-12)
+    assert model[2].weight.std().item() == pytest.approx(math.sqrt(2 / 40), rel=0.1)  # 400 draws: ~3.5% sd
+
+
+def test_tied_weight_is_scaled_by_its_layer_use_and_every_use_is_named():
+    model, ids = TiedLM(), torch.randint(0, 300, (16, 32))
+    p = initscope.initialize(model, example_input=ids)
+    row = p.row("wte.weight")
+    assert (row.layer, row.layer_type, row.fan) == ("head", "Linear", 96)
+    assert row.std == pytest.approx(1 / math.sqrt(96), rel=1e-12)  # after a LayerNorm: gain 1
+    assert "`wte` (Embedding), `head` (Linear)" in row.reason and "sets its scale" in row.reason
+    assert [u.reason for u in p.untouched if u.name == "head.weight"] == [
+        "same tensor as `wte.weight` (tied): initialized there, at the scale `head` (Linear) sets"]
+    with torch.no_grad():
+        logits = model(ids)["logits"]
+    # Var(logit) = |LayerNorm output|^2 / d = 1; 300 x 96 weights and 512 tokens: a few % error.
+    assert logits.std().item() == pytest.approx(1.0, rel=0.1)
+
+
+def test_tied_padding_row_stays_zero():
+    model = TiedLM(padding_idx=0)
+    p = initscope.initialize(model, example_input=torch.randint(0, 300, (4, 8)))
+    assert p.row("wte.weight", "padding_idx").std == 0.0
+    assert torch.count_nonzero(model.head.weight[0]) == 0
+
+
+def test_untied_embedding_keeps_std_one():
+    model = TiedLM()
+    model.head.weight = nn.Parameter(torch.empty(300, 96))
+    p = initscope.plan(model, example_input=torch.randint(0, 300, (4, 8)))
+    assert p.row("wte.weight").std == 1.0 and p.row("head.weight").std == pytest.approx(96 ** -0.5)
+    assert not any(n.startswith("tied:") for n in p.notes)
+
+
+def test_probe_takes_the_default_loss_on_the_logits_of_a_mapping_output():
+    model, ids = TiedLM(), torch.randint(0, 300, (4, 8))
+    trace = initscope.probe(model, ids)
+    with torch.no_grad():
+        logits = model(ids)["logits"]
+    # only the logits, not the hidden state beside them: 0.5 * mean(logits^2)
+    assert trace.loss == pytest.approx(0.5 * logits.pow(2).mean().item(), rel=1e-6)
+    assert "default loss taken on output['logits']" in trace.notes
+
+
+def test_lsuv_scales_conv1d_by_default():
+    model, ids = TiedLM(), torch.randint(0, 300, (8, 16))
+    report = initscope.lsuv(model, ids)
+    assert [r.name for r in report.layers] == ["fc", "head"]
+    with torch.no_grad():
+        y = model.fc(model.wte(ids))
+    assert y.std().item() == pytest.approx(1.0, abs=0.1)  # LSUV's tol
