@@ -14,7 +14,8 @@ a normalization, an activation; see :func:`initscope._ops.classify_module`), its
   shared tensor.
 
 A tensor shared by an embedding and a layer (tied input and output embeddings) is scaled
-for the layer use; :mod:`initscope._tied` gives the reasoning and the trade-off.
+for the layer use, and embeddings added to that lookup take its std;
+:mod:`initscope._tied` gives the reasoning and the trade-off.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from torch.nn.parameter import is_lazy
 from initscope._ops import classify_module
 from initscope._residual import Factors
 from initscope._rules import EMBEDDINGS, Gains, given_for, layer_gains, role
-from initscope._tied import alias_reason, split_uses
+from initscope._tied import Streams, alias_reason, split_uses
 from initscope.errors import UnknownOptionError, choices_message
 from initscope.fans import fan, tensor_fans
 from initscope.graph import Graph
@@ -63,6 +64,7 @@ class Planner:
         self.distribution, self.bias, self.residual = distribution, bias, residual
         self.steps = {n: (m, classify_module(m)) for n, m in model.named_modules(remove_duplicate=False)}
         self.gains = Gains(mode, convention)
+        self.streams = Streams(graph)
         self.notes: list[str] = []
 
     def unit(self, name: str) -> tuple[str, nn.Module, object, str] | None:
@@ -85,9 +87,11 @@ class Planner:
         groups: dict[int, tuple[list[str], nn.Parameter]] = {}
         for name, p in self.model.named_parameters(remove_duplicate=False):
             groups.setdefault(id(p), ([], p))[0].append(name)
+        tied_first = sorted(groups, key=lambda k: not split_uses(self._units(groups[k][0]))[1])
+        outs = {k: self._param(*groups[k], nonlinearity) for k in tied_first}  # tied scales known first
         rows, untouched = [], []
-        for names, p in groups.values():
-            out = self._param(names, p, nonlinearity)
+        for k, (names, p) in groups.items():
+            out = outs[k]
             rows += out if isinstance(out, list) else []
             untouched += [out] if isinstance(out, Untouched) else []
             units = self._units(names)
@@ -173,16 +177,20 @@ class Planner:
         which, factor, res_why = self.residual.layers.get(unit_name, ("all", 1.0, ""))
         factor = factor if which == "all" or side in ("exit", "both") else 1.0
         dist, extra = self._distribution(unit, shape)
+        embedding = isinstance(unit, EMBEDDINGS)
+        stream, why_stream = self.streams.embedding_std(unit_name) if embedding else (1.0, "")
+        why = why_stream or why
         reason = "; ".join(x for x in (tied, why, res_why * (factor != 1.0), extra, f.note * f.fallback) if x)
         head = (name, unit_name, type(unit).__name__, shape, *self._sides(unit_name, side))
-        embedding = isinstance(unit, EMBEDDINGS)
         rows = []
         for b in f.blocks:
-            base = 1.0 if embedding else scaled_std(b.fan_in, b.fan_out, self.mode, g_f, g_b)
+            base = stream if embedding else scaled_std(b.fan_in, b.fan_out, self.mode, g_f, g_b)
             used, std = (1.0 if embedding else b.value(self.mode)), base * factor
             kind = "zeros" if factor == 0 else dist
             rows.append(_row(head, b.name, (b.rows.start, b.rows.stop), (b.fan_in, b.fan_out, used),
                              base * math.sqrt(used), std, kind, factor, reason))
+        if lookups:
+            self.streams.record(lookups, rows[0].std)
         lookup = next((u[1] for u in (*units[:1], *lookups) if isinstance(u[1], nn.Embedding)), None)
         padding = getattr(lookup, "padding_idx", None)
         if padding is not None:

@@ -21,6 +21,12 @@ them in every tied model we know of (GPT-2's ``ln_1``, BERT's embedding LayerNor
 and Llama's RMSNorm). Where nothing normalizes the lookup's output, its second moment
 starts ``d`` times below 1; the plan row says so, so a user can untie or rescale.
 
+**Embeddings added to a tied lookup** (GPT-2's position embedding ``wpe``, BERT's position and
+token-type embeddings) take the tied lookup's std: the sum feeds one stream, and at std 1
+against the lookup's ``1/sqrt(d)`` they would drown the token identity ``sqrt(d)`` to one.
+"Added to" is read off the graph: the embedding's output reaches exactly the same layers
+as the tied lookup's.
+
 The plan has one row for the tensor (under its first name, whose ``layer`` is the use
 that sets the scale), a reason naming every use, and each further name among the
 untouched parameters ("same tensor as ...").
@@ -30,8 +36,9 @@ from __future__ import annotations
 from torch import nn
 
 from initscope._rules import EMBEDDINGS
+from initscope.graph import Graph
 
-__all__ = ["split_uses", "alias_reason"]
+__all__ = ["split_uses", "alias_reason", "Streams"]
 
 Unit = tuple  # (unit name, module, step, local parameter name)
 
@@ -68,3 +75,31 @@ def alias_reason(first: str, units: list[Unit], setters: list[Unit]) -> str:
     if len(setters) == len(units) or not setters:
         return f"same tensor as `{first}`: initialized there"
     return f"same tensor as `{first}` (tied): initialized there, at the scale {_label(setters[0])} sets"
+
+
+class Streams:
+    """The std of each tied lookup, by the layers that read its output, so that embeddings
+    added to it (the same readers) can take the same std."""
+
+    def __init__(self, graph: Graph | None):
+        self.graph, self.scales = graph, {}
+
+    def _key(self, unit_name: str) -> frozenset[int] | None:
+        link = self.graph.layers.get(unit_name) if self.graph else None
+        return frozenset(n.id for n in link.consumers) if link and link.consumers else None
+
+    def record(self, lookups: list[Unit], std: float) -> None:
+        """Remember the std a tied tensor got, under the readers of each of its lookups."""
+        for unit in lookups:
+            key = self._key(unit[0])
+            if key is not None:
+                self.scales.setdefault(key, (std, unit[0]))
+
+    def embedding_std(self, unit_name: str) -> tuple[float, str]:
+        """(std, reason) of an untied embedding: a tied lookup's std when it is added to one, else 1."""
+        found = self.scales.get(self._key(unit_name))
+        if found is None:
+            return 1.0, ""
+        std, lookup = found
+        return std, (f"added to the tied lookup `{lookup}` (its output reaches the same layers): its std {std:.4g}, "
+                     "so neither part of the sum drowns the other")

@@ -15,13 +15,18 @@ from initscope.fans import fan, is_transposed_linear
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)  # the stand-ins draw their own init and batches from the global RNG
+
+
 class Conv1D(nn.Module):
     """transformers' GPT-2 layer, re-written: a Linear whose weight is stored (in, out)."""
 
     def __init__(self, nf: int, nx: int):
         super().__init__()
         self.nf, self.nx = nf, nx
-        self.weight = nn.Parameter(torch.empty(nx, nf))
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.02)  # GPT-2's own init
         self.bias = nn.Parameter(torch.zeros(nf))
 
     def forward(self, x):
@@ -77,6 +82,28 @@ def test_tied_weight_is_scaled_by_its_layer_use_and_every_use_is_named():
         logits = model(ids)["logits"]
     # Var(logit) = |LayerNorm output|^2 / d = 1; 300 x 96 weights and 512 tokens: a few % error.
     assert logits.std().item() == pytest.approx(1.0, rel=0.1)
+
+
+class PositionalLM(TiedLM):
+    """Adds a position embedding to the tied token lookup (GPT-2's wte + wpe), and an untied
+    embedding of its own that feeds another layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.wpe, self.other = nn.Embedding(32, 96), nn.Embedding(10, 96)
+        self.side = nn.Linear(96, 4)
+
+    def forward(self, input_ids):
+        h = self.wte(input_ids) + self.wpe(torch.arange(input_ids.shape[1]))
+        h = self.ln(torch.relu(self.fc(h)))
+        return {"logits": self.head(h), "side": self.side(self.other(input_ids % 10))}
+
+
+def test_an_embedding_added_to_a_tied_lookup_takes_its_std():
+    p = initscope.plan(PositionalLM(), example_input=torch.randint(0, 300, (4, 16)))
+    assert p.row("wpe.weight").std == pytest.approx(1 / math.sqrt(96), rel=1e-12)
+    assert "added to the tied lookup `wte`" in p.row("wpe.weight").reason
+    assert p.row("other.weight").std == 1.0  # read by other layers: a lookup of its own, std 1
 
 
 def test_tied_padding_row_stays_zero():

@@ -131,8 +131,11 @@ def test_gpt2_embedding_lookup_follows_the_tied_scale():
     initscope.initialize(model, "kaiming", example_input=x)
     with torch.no_grad():
         vectors = model.transformer.wte(x["input_ids"])
-    # 128 lookups of 64 values from N(0, 1/64): std 1/8 within a few percent.
+        positions = model.transformer.wpe.weight
+    # 128 lookups of 64 values from N(0, 1/64): std 1/8 within a few percent; the position
+    # embedding added to them gets the same std (64 x 64 draws), not 1.
     assert vectors.std().item() == pytest.approx(1 / 8, rel=0.1)
+    assert positions.std().item() == pytest.approx(1 / 8, rel=0.1)
 
 
 def test_output_layer_after_a_norm_is_named_in_the_plan():
