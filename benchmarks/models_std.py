@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 import initscope
+from initscope.graph import discover
 
 
 def load_cases():
@@ -30,23 +31,50 @@ def load_cases():
 
 def logits_std(cases, model, batch) -> float:
     with torch.no_grad():
-        return cases.main_output(model(**batch)).std().item()
+        output = model(**batch)
+    return float("nan") if cases is None else cases.main_output(output).std().item()
+
+
+def final_norm(model, batch) -> str | None:
+    """The normalization the output layer reads, if it reads one (the plan's note names it)."""
+    graph = discover(model, batch)
+    for link in graph.layers.values():
+        producers = [n for n in link.producers if n.kind != "constant"]
+        if any(n.kind == "output" for n in link.consumers) and producers and producers[0].kind == "norm":
+            return producers[0].where
+    return None
+
+
+def stream_std(model, batch, norm: str | None) -> float:
+    """The std of the final normalization's input: what the gains before it left of the signal."""
+    if norm is None:
+        return float("nan")
+    seen = []
+    handle = model.get_submodule(norm).register_forward_pre_hook(lambda m, args: seen.append(args[0].std().item()))
+    try:
+        logits_std(None, model, batch)
+    finally:
+        handle.remove()
+    return seen[-1]
 
 
 def main() -> None:
     cases = load_cases()
     torch.set_num_threads(1)
-    print("| model | transformers class | default init | initscope.initialize | lsuv | depends on |")
-    print("|---|---|---|---|---|---|")
+    print("| model | transformers class | default init | initscope.initialize | lsuv | final norm's input "
+          "(default / initialize) | depends on |")
+    print("|---|---|---|---|---|---|---|")
     for case in cases.CASES:
         model, batch = cases.build(case)
-        default = logits_std(cases, model, batch)
+        default, norm = logits_std(cases, model, batch), final_norm(model, batch)
+        before = stream_std(model, batch, norm)
         initscope.initialize(model, "kaiming", example_input=batch)
-        ours = logits_std(cases, model, batch)
+        ours, stream = logits_std(cases, model, batch), stream_std(model, batch, norm)
         model, batch = cases.build(case)
         initscope.lsuv(model, batch)
         after = logits_std(cases, model, batch)
-        print(f"| {case.name} | {case.model} | {default:.3g} | {ours:.3g} | {after:.3g} | {case.gated or '-'} |")
+        where = "-" if norm is None else f"`{norm}`: {before:.3g} / {stream:.3g}"
+        print(f"| {case.name} | {case.model} | {default:.3g} | {ours:.3g} | {after:.3g} | {where} | {case.gated or '-'} |")
 
 
 if __name__ == "__main__":
