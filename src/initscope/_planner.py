@@ -25,12 +25,13 @@ from collections.abc import Mapping
 from torch import nn
 from torch.nn.parameter import is_lazy
 
+from initscope._experts import experts_role, exit_gain
 from initscope._ops import classify_module
 from initscope._residual import Factors
 from initscope._rules import EMBEDDINGS, Gains, given_for, layer_gains, role
 from initscope._tied import Streams, alias_reason, split_uses
 from initscope.errors import UnknownOptionError, choices_message
-from initscope.fans import fan, tensor_fans
+from initscope.fans import fan, is_stacked_experts, tensor_fans
 from initscope.graph import Graph
 from initscope.init import scaled_std
 from initscope.initplan import PlanRow, Untouched
@@ -134,7 +135,7 @@ class Planner:
             return self._norm(name, shape, unit_name, unit, local)
         if step.kind != "layer":
             return Untouched(name, shape, f"parameter of the activation `{unit_name}` ({type(unit).__name__}): kept")
-        if len(shape) < 2:
+        if len(shape) < 2 or (_is_bias(local) and is_stacked_experts(unit)):
             if not _is_bias(local):
                 return Untouched(name, shape, f"1-D parameter of `{unit_name}` that is not a bias: kept")
             if self.bias == "keep":
@@ -172,7 +173,7 @@ class Planner:
 
     def _weight(self, name, shape, units, local, given, lookups=(), tied="") -> list[PlanRow]:
         unit_name, unit = units[0][0], units[0][1]
-        f, side = fan(unit, local), role(unit, local)
+        f, side = fan(unit, local), experts_role(unit, local) or role(unit, local)
         g_f, g_b, why = self._gains(units, side, given)
         which, factor, res_why = self.residual.layers.get(unit_name, ("all", 1.0, ""))
         factor = factor if which == "all" or side in ("exit", "both") else 1.0
@@ -203,6 +204,10 @@ class Planner:
             return 1.0, 1.0, "embedding: a lookup (fan_in 1), so std 1 = gain 1 in every mode, as torch's N(0, 1)"
         links = [self.graph.layers[u[0]] for u in units if self.graph and u[0] in self.graph.layers]
         g_f, g_b, why = layer_gains(links, side, self.scheme, self.mode, self.gains, given)
+        inner = exit_gain(units[0][1]) if side == "exit" and experts_role(units[0][1], units[0][3]) else None
+        if inner and given is None and self.scheme not in ("xavier", "lecun") and self.gains.convention == "variance" \
+                and self.mode != "fan_out":
+            g_f, why = inner[0], why.replace(f"inside {type(units[0][1]).__name__}, input gain 1", inner[1])
         if self.graph is not None and self.graph.method == "run" and not links:
             why = "not reached by the forward pass on example_input; " + why
         return g_f, g_b, why

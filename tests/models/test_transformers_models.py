@@ -163,3 +163,13 @@ def test_positional_ids_and_a_batch_encoding_are_accepted():
     trace = initscope.probe(model, encoding)
     report = initscope.lsuv(model, encoding, pre_init=None)
     assert math.isfinite(trace.loss) and report.converged and _finite(model) == []
+
+
+def test_mixtral_experts_are_planned_per_expert():
+    model, x = cases.build(cases.CASE["mixtral"])
+    plan = initscope.plan(model, example_input=x)
+    up, down = plan.row("model.layers.0.mlp.experts.gate_up_proj"), plan.row("model.layers.0.mlp.experts.down_proj")
+    assert (up.shape, up.fan_in, up.fan_out) == ((4, 256, 64), 64.0, 256.0)  # torch's convention: 16384
+    assert (down.shape, down.fan_in, down.fan_out) == ((4, 64, 128), 128.0, 64.0)
+    assert up.residual == 1.0 and down.residual == pytest.approx(0.5)  # 1/sqrt(2 x 2 layers), exit only
+    assert down.gain == pytest.approx(1.677, abs=1e-3)  # silu(gate) * up: 1/sqrt(E[silu^2]) at q = 1
