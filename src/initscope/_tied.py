@@ -61,7 +61,8 @@ def split_uses(units: list[Unit]) -> tuple[list[Unit], list[Unit], str]:
     d = _features(layers[0][1], lookups[0][1])
     reason = (f"tied: one tensor used by {', '.join(map(_label, units))}; the layer use "
               f"{_label(layers[0])} sets its scale (gain/sqrt(fan_in), so its outputs start near unit scale), "
-              f"and the lookup {_label(lookups[0])} gives vectors of std gain/sqrt({d}) instead of gain: "
+              f"and the lookup{'s' * (len(lookups) > 1)} {', '.join(map(_label, lookups))} "
+              f"give{'s' * (len(lookups) == 1)} vectors of std gain/sqrt({d}) instead of gain: "
               "harmless when a normalization follows the embedding; untie the weights otherwise")
     return layers, lookups, reason
 
