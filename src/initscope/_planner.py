@@ -207,7 +207,8 @@ class Planner:
         inner = exit_gain(units[0][1]) if side == "exit" and experts_role(units[0][1], units[0][3]) else None
         if inner and given is None and self.scheme not in ("xavier", "lecun") and self.gains.convention == "variance" \
                 and self.mode != "fan_out":
-            g_f, why = inner[0], why.replace(f"inside {type(units[0][1]).__name__}, input gain 1", inner[1])
+            said = f"inside {type(units[0][1]).__name__}, input gain 1"
+            g_f, why = inner[0], why.replace(said, inner[1]) if said in why else f"{why}; forward: {inner[1]}"
         if self.graph is not None and self.graph.method == "run" and not links:
             why = "not reached by the forward pass on example_input; " + why
         return g_f, g_b, why
