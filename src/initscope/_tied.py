@@ -12,8 +12,8 @@ uses want different scales for the same tensor:
 
 **Rule: the layer use sets the scale**, from its own fans and producer, as for any
 other layer; the lookup then yields vectors of std ``gain / sqrt(d)``. This is the
-trade-off the models themselves make (GPT-2 and BERT use std 0.02 for both uses, close to
-``1/sqrt(768)``; T5 keeps std 1 and multiplies the decoder output by ``d**-0.5`` before
+trade-off the models themselves make (GPT-2 and BERT use std 0.02 for both uses, of the
+order of ``1/sqrt(768) = 0.036``; T5 keeps std 1 and multiplies the decoder output by ``d**-0.5`` before
 the tied projection, which is the same scale moved into the forward). The other order
 costs more: logits ``sqrt(d)`` times too large cannot be repaired by anything before
 them, while small embedding vectors are rescaled by the normalization that follows
