@@ -12,6 +12,10 @@ a normalization, an activation; see :func:`initscope._ops.classify_module`), its
 - untouched, with the reason: activation parameters (PReLU), parameters held directly by
   a container, other 1-D layer parameters, lazy or non-float ones, and second names of a
   shared tensor.
+
+A tensor shared by an embedding and a layer (tied input and output embeddings) is scaled
+for the layer use, and embeddings added to that lookup take its std;
+:mod:`initscope._tied` gives the reasoning and the trade-off.
 """
 from __future__ import annotations
 
@@ -21,11 +25,13 @@ from collections.abc import Mapping
 from torch import nn
 from torch.nn.parameter import is_lazy
 
+from initscope._experts import experts_role, exit_gain
 from initscope._ops import classify_module
 from initscope._residual import Factors
 from initscope._rules import EMBEDDINGS, Gains, given_for, layer_gains, role
+from initscope._tied import Streams, alias_reason, split_uses
 from initscope.errors import UnknownOptionError, choices_message
-from initscope.fans import fan, tensor_fans
+from initscope.fans import fan, is_stacked_experts, tensor_fans
 from initscope.graph import Graph
 from initscope.init import scaled_std
 from initscope.initplan import PlanRow, Untouched
@@ -59,6 +65,7 @@ class Planner:
         self.distribution, self.bias, self.residual = distribution, bias, residual
         self.steps = {n: (m, classify_module(m)) for n, m in model.named_modules(remove_duplicate=False)}
         self.gains = Gains(mode, convention)
+        self.streams = Streams(graph)
         self.notes: list[str] = []
 
     def unit(self, name: str) -> tuple[str, nn.Module, object, str] | None:
@@ -81,19 +88,38 @@ class Planner:
         groups: dict[int, tuple[list[str], nn.Parameter]] = {}
         for name, p in self.model.named_parameters(remove_duplicate=False):
             groups.setdefault(id(p), ([], p))[0].append(name)
+        tied_first = sorted(groups, key=lambda k: not split_uses(self._units(groups[k][0]))[1])
+        outs = {k: self._param(*groups[k], nonlinearity) for k in tied_first}  # tied scales known first
         rows, untouched = [], []
-        for names, p in groups.values():
-            out = self._param(names, p, nonlinearity)
+        for k, (names, p) in groups.items():
+            out = outs[k]
             rows += out if isinstance(out, list) else []
             untouched += [out] if isinstance(out, Untouched) else []
-            untouched += [Untouched(a, tuple(p.shape), f"same tensor as `{names[0]}`: initialized there")
-                          for a in names[1:]]
-        self.notes += self.gains.notes
+            units = self._units(names)
+            why = alias_reason(names[0], units, split_uses(units)[0] if self.scheme != "torch_default" else units)
+            untouched += [Untouched(a, tuple(p.shape), why) for a in names[1:]]
+        self.notes += self.gains.notes + self._output_notes()
         return rows, untouched
+
+    def _output_notes(self) -> list[str]:
+        """Output layers that read a normalization: the output scale is theirs alone."""
+        notes = []
+        for name, link in (self.graph.layers.items() if self.graph else ()):
+            producers = [n for n in link.producers if n.kind != "constant"]
+            if any(n.kind == "output" for n in link.consumers) and producers and \
+                    all(n.kind == "norm" for n in producers):
+                notes.append(f"output layer `{name}` reads a normalization ({producers[0].describe()}): the output's "
+                             "scale is set by that layer alone, so it does not show whether the gains before the "
+                             "normalization keep the signal; probe the layers before it to see that")
+        return notes
+
+    def _units(self, names: list[str]) -> list[tuple]:
+        """The distinct units that use one tensor (several for a shared or tied weight)."""
+        return list({u[0]: u for u in map(self.unit, names) if u is not None}.values())
 
     def _param(self, names: list[str], p: nn.Parameter, nonlinearity: object) -> list[PlanRow] | Untouched:
         name, shape = names[0], tuple(p.shape)
-        units = list({u[0]: u for u in map(self.unit, names) if u is not None}.values())
+        units = self._units(names)
         if self.scheme == "torch_default":
             return self._torch_default(name, shape, *(units[0] if units else ("", None, None, "")))
         if not units:
@@ -109,14 +135,17 @@ class Planner:
             return self._norm(name, shape, unit_name, unit, local)
         if step.kind != "layer":
             return Untouched(name, shape, f"parameter of the activation `{unit_name}` ({type(unit).__name__}): kept")
-        if len(shape) < 2:
+        if len(shape) < 2 or (_is_bias(local) and is_stacked_experts(unit)):
             if not _is_bias(local):
                 return Untouched(name, shape, f"1-D parameter of `{unit_name}` that is not a bias: kept")
             if self.bias == "keep":
                 return Untouched(name, shape, "bias='keep'")
             return [self._constant(name, shape, unit_name, unit, local, 0.0, "bias set to 0")]
-        given = given_for(nonlinearity, unit_name)
-        return self._weight(name, shape, units, local, given)
+        setters, lookups, tied = split_uses(units)
+        if tied:
+            self.notes.append(tied)
+        given = given_for(nonlinearity, setters[0][0])
+        return self._weight(name, shape, setters, setters[0][3], given, lookups, tied)
 
     def _sides(self, unit_name: str, side: str = "both") -> tuple[tuple[str, ...], tuple[str, ...]]:
         link = self.graph.layers.get(unit_name) if self.graph else None
@@ -142,25 +171,30 @@ class Planner:
             return [self._constant(name, shape, unit_name, unit, local, 0.0, "normalization shift set to 0")]
         return Untouched(name, shape, f"parameter {local!r} of normalization `{unit_name}`: kept")
 
-    def _weight(self, name, shape, units, local, given) -> list[PlanRow]:
+    def _weight(self, name, shape, units, local, given, lookups=(), tied="") -> list[PlanRow]:
         unit_name, unit = units[0][0], units[0][1]
-        f, side = fan(unit, local), role(unit, local)
+        f, side = fan(unit, local), experts_role(unit, local) or role(unit, local)
         g_f, g_b, why = self._gains(units, side, given)
         which, factor, res_why = self.residual.layers.get(unit_name, ("all", 1.0, ""))
         factor = factor if which == "all" or side in ("exit", "both") else 1.0
         dist, extra = self._distribution(unit, shape)
-        reason = "; ".join(x for x in (why, res_why * (factor != 1.0), extra, f.note * f.fallback) if x)
-        head = (name, unit_name, type(unit).__name__, shape, *self._sides(unit_name, side))
         embedding = isinstance(unit, EMBEDDINGS)
+        stream, why_stream = self.streams.embedding_std(unit_name) if embedding else (1.0, "")
+        why = why_stream or why
+        reason = "; ".join(x for x in (tied, why, res_why * (factor != 1.0), extra, f.note * f.fallback) if x)
+        head = (name, unit_name, type(unit).__name__, shape, *self._sides(unit_name, side))
         rows = []
         for b in f.blocks:
-            base = 1.0 if embedding else scaled_std(b.fan_in, b.fan_out, self.mode, g_f, g_b)
+            base = stream if embedding else scaled_std(b.fan_in, b.fan_out, self.mode, g_f, g_b)
             used, std = (1.0 if embedding else b.value(self.mode)), base * factor
             kind = "zeros" if factor == 0 else dist
             rows.append(_row(head, b.name, (b.rows.start, b.rows.stop), (b.fan_in, b.fan_out, used),
                              base * math.sqrt(used), std, kind, factor, reason))
-        padding = getattr(unit, "padding_idx", None)
-        if isinstance(unit, nn.Embedding) and padding is not None:
+        if lookups:
+            self.streams.record(lookups, rows[0].std)
+        lookup = next((u[1] for u in (*units[:1], *lookups) if isinstance(u[1], nn.Embedding)), None)
+        padding = getattr(lookup, "padding_idx", None)
+        if padding is not None:
             rows.append(_row(head, "padding_idx", (padding, padding + 1), (1.0, 1.0, math.nan), math.nan, 0.0,
                              "zeros", 1.0, "padding_idx row set to 0, as torch"))
         return rows
@@ -170,6 +204,11 @@ class Planner:
             return 1.0, 1.0, "embedding: a lookup (fan_in 1), so std 1 = gain 1 in every mode, as torch's N(0, 1)"
         links = [self.graph.layers[u[0]] for u in units if self.graph and u[0] in self.graph.layers]
         g_f, g_b, why = layer_gains(links, side, self.scheme, self.mode, self.gains, given)
+        inner = exit_gain(units[0][1]) if side == "exit" and experts_role(units[0][1], units[0][3]) else None
+        if inner and given is None and self.scheme not in ("xavier", "lecun") and self.gains.convention == "variance" \
+                and self.mode != "fan_out":
+            said = f"inside {type(units[0][1]).__name__}, input gain 1"
+            g_f, why = inner[0], why.replace(said, inner[1]) if said in why else f"{why}; forward: {inner[1]}"
         if self.graph is not None and self.graph.method == "run" and not links:
             why = "not reached by the forward pass on example_input; " + why
         return g_f, g_b, why

@@ -29,7 +29,9 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-__all__ = ["preserved", "rollback", "call", "split_inputs", "map_tensors", "gc_paused"]
+__all__ = ["preserved", "rollback", "call", "split_inputs", "map_tensors", "gc_paused", "main_output"]
+
+_MAIN_KEYS = ("logits", "last_hidden_state")
 
 _AS_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -70,6 +72,32 @@ def call(model: nn.Module, inputs: Any) -> Any:
     """``model(*inputs)``, ``model(**inputs)`` or ``model(inputs)``, as :func:`split_inputs` says."""
     args, kwargs = split_inputs(inputs)
     return model(*args, **kwargs)
+
+
+def main_output(output: Any) -> tuple[Any, str]:
+    """(the part of a model's output a default loss is taken on, its key), for mappings.
+
+    A mapping (an HF ``ModelOutput`` is one) gives its scalar ``loss`` when the model computed
+    one (labels were in the batch), else its ``logits``, else its ``last_hidden_state``: the
+    model's prediction, not the auxiliary tensors beside it (hidden states, attentions, an
+    encoder's output, cached keys and values). Anything else comes back whole, key "".
+
+    Examples:
+        >>> main_output({"logits": torch.ones(2), "hidden_states": (torch.ones(3),)})
+        (tensor([1., 1.]), 'logits')
+        >>> main_output(torch.ones(1))
+        (tensor([1.]), '')
+    """
+    if not isinstance(output, Mapping):
+        return output, ""
+    loss = output.get("loss")
+    if isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.is_floating_point():
+        return loss, "loss"
+    for key in _MAIN_KEYS:
+        value = output.get(key)
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value, key
+    return output, ""
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:

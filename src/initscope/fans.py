@@ -292,6 +292,56 @@ def _rnn_cell(m: nn.RNNCellBase, param: str, shape: tuple[int, ...]) -> _Found:
     return _gate_blocks(param, gates, m.hidden_size, columns[param])
 
 
+def _transposed_linear(m: nn.Module, param: str, shape: tuple[int, ...]) -> _Found:
+    """transformers' ``Conv1D`` (GPT, GPT-2): ``y = x @ W + b`` with ``W`` stored ``(nx, nf)``,
+    i.e. ``(in, out)``, the transpose of ``Linear``. Each output sums ``nx`` terms, so
+    ``fan_in = nx = shape[0]`` and ``fan_out = nf = shape[1]``.
+
+    Differs from torch's shape convention, which reads ``fan_in = shape[1] = nf``: for
+    GPT-2's ``c_fc`` (768 -> 3072) that is 4x too large a fan_in (std 2x too small), for
+    ``c_proj`` (3072 -> 768) 4x too small. GPT-2's ``c_attn`` packs q, k, v along the
+    columns; they share ``fan_in = nx``, so one block covers them.
+    """
+    if param != "weight" or len(shape) != 2:
+        return None
+    nx, nf = shape
+    note = f"weight stored (in, out): fan_in = nx = {nx}, fan_out = nf = {nf}"
+    return _one(param, shape, nx, nf), note
+
+
+def is_transposed_linear(m: nn.Module) -> bool:
+    """transformers' ``Conv1D``, recognised without importing transformers: its class name,
+    its ``nx``/``nf`` and a weight of shape ``(nx, nf)``."""
+    w = getattr(m, "weight", None)
+    return (type(m).__name__ == "Conv1D" and isinstance(w, torch.Tensor) and not is_lazy(w)
+            and tuple(w.shape) == (getattr(m, "nx", None), getattr(m, "nf", None)))
+
+
+def _experts(m: nn.Module, param: str, shape: tuple[int, ...]) -> _Found:
+    """transformers' stacked experts (Mixtral, Qwen-MoE, ...): one ``(out, in)`` matrix per expert
+    along dim 0, ``(in, out)`` when the module says ``is_transposed``. A token routed to an
+    expert meets that expert's matrix alone, so the fans are those of one expert:
+    ``fan_in = in``, ``fan_out = out`` (routing to top-k experts is not counted in fan_out).
+
+    Differs from torch's shape convention, which reads ``fan_in = shape[1] * shape[2]``:
+    ``out`` times too large a fan_in.
+    """
+    if len(shape) != 3 or "bias" in param.split("_"):
+        return None
+    n_in, n_out = (shape[1], shape[2]) if getattr(m, "is_transposed", False) else (shape[2], shape[1])
+    note = f"{shape[0]} stacked experts, each a matrix: fan_in = {n_in}, fan_out = {n_out}"
+    return _one(param, shape, n_in, n_out), note
+
+
+def is_stacked_experts(m: nn.Module) -> bool:
+    """transformers' experts module: ``num_experts`` and ``is_transposed`` attributes and 3-D
+    parameters with one matrix per expert along dim 0."""
+    n = getattr(m, "num_experts", None)
+    params = [p for p in m.parameters(recurse=False) if p.dim() == 3 and not is_lazy(p)]
+    return isinstance(n, int) and hasattr(m, "is_transposed") and bool(params) and \
+        all(p.shape[0] == n for p in params)
+
+
 def _not_fan_initialized(m: nn.Module, param: str, shape: tuple[int, ...]) -> _Found:
     """Normalization scales/shifts and PReLU slopes act elementwise: nothing is
     summed, so the fans are 1. They are set to constants, not from a fan."""
@@ -330,6 +380,10 @@ def _parameter(module: nn.Module, param: str) -> tuple[nn.Module, str, tuple[int
 
 
 def _rule(module: nn.Module) -> _Rule | None:
+    if is_transposed_linear(module):
+        return _transposed_linear
+    if is_stacked_experts(module):
+        return _experts
     return next((_RULES[c] for c in type(module).__mro__ if c in _RULES), None)
 
 
@@ -371,6 +425,8 @@ def fan(module: nn.Module, param: str = "weight") -> Fan:
     layer                 fan_in                            fan_out
     ====================  ================================  ================================
     Linear                in_features                       out_features
+    HF Conv1D (in, out)   nx = shape[0]                     nf = shape[1]
+    HF experts (E, o, i)  i, per expert                     o, per expert
     Bilinear              in1 * in2                         out * sqrt(in1 * in2)
     Conv1d/2d/3d          (in/g) * prod(k)                  (out/g) * prod(k) / prod(stride)
     ConvTranspose1-3d     (in/g) * prod(k) / prod(stride)   (out/g) * prod(k)

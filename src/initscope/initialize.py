@@ -24,7 +24,9 @@ shows its work. The rules:
 - Inside a layer, sides without an outside neighbour get gain 1: attention's
   ``out_proj`` input and ``in_proj`` output, RNN recurrences and upper layers.
 - **Embeddings** get std 1 in every mode and scheme (a lookup: fan_in 1, gain 1; torch's
-  N(0, 1)), their ``padding_idx`` row 0. **xavier** and **lecun** keep their papers'
+  N(0, 1)), their ``padding_idx`` row 0. An embedding **tied** to an output projection is
+  scaled for the projection (gain/sqrt(fan_in)), and embeddings added to it take the same
+  std; the row names every use (see ``initscope._tied`` for the trade-off). **xavier** and **lecun** keep their papers'
   gain 1 (scheme="kaiming", mode="fan_avg" is Glorot with activations).
 - Normalizations get weight 1, bias 0, reset running statistics; layer biases 0
   (``bias="zeros"``). Parameters left alone are listed in the plan with the reason.

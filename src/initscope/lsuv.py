@@ -30,6 +30,7 @@ from initscope.errors import (
     ArgumentError, ForwardError, InitscopeError, LayerError, ModelError, UnknownOptionError,
     choices_message,
 )
+from initscope.fans import is_transposed_linear
 from initscope.layer import init_layer_
 from initscope.lsuv_report import LsuvLayer, LsuvReport
 
@@ -163,7 +164,8 @@ def _select(model: nn.Module, layers: Layers) -> list[_Slot]:
     named = {n or "<root>": m for n, m in model.named_modules()}
     if layers is None:
         inside = tuple(n + "." for n, m in named.items() if isinstance(m, nn.MultiheadAttention))
-        pick = [n for n, m in named.items() if isinstance(m, _DEFAULT) and not n.startswith(inside)]
+        pick = [n for n, m in named.items()
+                if (isinstance(m, _DEFAULT) or is_transposed_linear(m)) and not n.startswith(inside)]
     else:
         pick = match(named, layers, lambda n: UnknownOptionError(choices_message(
             "layer", n, list(named)[:12], "pass names from model.named_modules(), or a predicate (name, module)")),
@@ -325,7 +327,8 @@ def lsuv(model: nn.Module, batch: Any, *, target_std: float = 1.0, center: bool 
         tol: how far |std - target_std| (and |mean| with ``center``) may be before another pass.
         pre_init: "orthogonal" (the paper), "kaiming", or None to keep the weights. Both zero biases.
         layers: qualified names, or a predicate ``(name, module) -> bool``. Default: every Linear,
-            ConvNd, ConvTransposeNd and MultiheadAttention (scaled through its ``out_proj``).
+            ConvNd, ConvTransposeNd, MultiheadAttention (scaled through its ``out_proj``) and
+            transformers' ``Conv1D`` (GPT-2's Linear with its weight stored (in, out)).
         max_passes: forward passes at most, verification included (>= 2).
         generator: for ``pre_init``; None uses a new one seeded with 0 (never the global RNG).
 

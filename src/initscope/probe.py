@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from initscope._select import ModuleSelection, select_modules
-from initscope._state import call, map_tensors, preserved
+from initscope._state import call, main_output, map_tensors, preserved
 from initscope.errors import ForwardError, LossError, ModelError
 from initscope.stats import StatsAccumulator
 from initscope.trace import LayerRecord, OutputRecord, ParamRecord, Trace
@@ -231,8 +231,12 @@ def _usable(inputs: Any) -> Any:
     return map_tensors(inputs, lambda t: t.clone() if t.is_inference() else t)
 
 
-def _loss(output: Any, loss_fn: Callable | None, target: Any) -> torch.Tensor:
-    if loss_fn is None:  # least squares against target 0
+def _loss(output: Any, loss_fn: Callable | None, target: Any, notes: list[str]) -> torch.Tensor:
+    if loss_fn is None:  # least squares against target 0, or the model's own loss
+        output, key = main_output(output)
+        notes += [f"default loss taken on output[{key!r}]" + " (the model's own loss)" * (key == "loss")] * bool(key)
+        if key == "loss":
+            return output
         ts = [t for _, t in walk(output) if t.is_floating_point()]
         if not ts:
             raise LossError("the model's output holds no floating tensor for the default loss "
@@ -271,7 +275,10 @@ def probe(model: nn.Module, inputs: Any, *, loss_fn: Callable | None = None, tar
             dict of keyword arguments.
         loss_fn: ``loss_fn(output, target)`` (or ``loss_fn(output)`` without a target) giving a
             scalar. Default: ``0.5 * output.pow(2).mean()``, least squares against target 0,
-            summed over the output's floating tensors.
+            summed over the output's floating tensors. A mapping output (an HF ``ModelOutput``)
+            is reduced first to its main tensor: the model's own scalar ``loss`` when it
+            computed one (used as is), else ``logits``, else ``last_hidden_state``; the trace's
+            notes say which.
         target: passed to ``loss_fn``.
         backward: run the backward pass too (under ``torch.enable_grad``, also for callers
             inside ``torch.no_grad``).
@@ -311,7 +318,7 @@ def probe(model: nn.Module, inputs: Any, *, loss_fn: Callable | None = None, tar
         except Exception as e:
             raise _fail(tap, e, "forward") from e
         if backward:
-            loss = _loss(output, loss_fn, target)
+            loss = _loss(output, loss_fn, target, notes)
             del output
             _backward(tap, loss, params, leaves, notes)
     return _trace(tap, params, inputs, loss, notes)
