@@ -6,6 +6,7 @@ import json
 import pathlib
 import warnings
 
+import pytest
 import torch
 
 from initscope import initialize, zoo
@@ -38,8 +39,12 @@ def record() -> dict:
     return out
 
 
-import pytest
-
+def without_output_norm_note(plan: dict) -> dict:
+    """The plan minus the one note added after the golden was captured, on purpose: issue 12's
+    real-model work says when the output layer reads a normalization (the zoo transformer's head
+    reads ln_f). Every row, gain and std is still compared bitwise."""
+    notes = [n for n in plan.get("notes", []) if not n.startswith("output layer `")]
+    return {**plan, "notes": notes}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +65,7 @@ def test_the_same_cases_are_recorded(now, before):
 def test_zoo_plans_and_weights_are_bitwise_as_before(now, before, model):
     for key in (k for k in before if k.startswith(model + "/")):
         # json round trip of the floats is exact (repr), so == is bitwise equality of every std and gain
-        assert json.loads(json.dumps(now[key]["plan"])) == before[key]["plan"], key
+        assert without_output_norm_note(json.loads(json.dumps(now[key]["plan"]))) == before[key]["plan"], key
         assert now[key]["weights"] == before[key]["weights"], key
 
 
