@@ -22,7 +22,8 @@ def free_port() -> int:
 
 
 def _entry(fn, rank: int, world: int, port: int, out, args: tuple) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      INITSCOPE_NO_NATIVE="1")  # no compile of the fused kernel in every spawned rank
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
     try:

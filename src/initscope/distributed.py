@@ -34,16 +34,33 @@ import torch
 
 from initscope.errors import DistributedError
 
-__all__ = ["active", "rank", "world_size", "is_writer", "is_dtensor", "local", "local_shard",
-           "set_timeout", "get_timeout", "Reducer", "agree", "reduce_stats", "section", "model_signature"]
+__all__ = ["active", "per_rank", "rank", "world_size", "is_writer", "is_dtensor", "local", "full", "local_shard",
+           "set_timeout", "get_timeout", "Reducer", "agree", "global_sum", "reduce_stats", "section", "model_signature"]
 
 _TIMEOUT = [300.0]
+_OFF = [0]
 _OK, _RAISED = 0.0, 1.0
 
 
 def active() -> bool:
-    """True when a default process group is initialised."""
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
+    """True when a default process group is initialised (and not inside :func:`per_rank`)."""
+    return not _OFF[0] and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+@contextlib.contextmanager
+def per_rank() -> Iterator[None]:
+    """Inside, initscope ignores the process group: each rank's own statistics, no collective.
+
+    Examples:
+        >>> with per_rank():
+        ...     active()
+        False
+    """
+    _OFF[0] += 1
+    try:
+        yield
+    finally:
+        _OFF[0] -= 1
 
 
 def rank() -> int:
@@ -85,6 +102,11 @@ def is_dtensor(t: object) -> bool:
 def local(t: torch.Tensor) -> torch.Tensor:
     """The local tensor of a DTensor; any other tensor itself."""
     return t.to_local() if is_dtensor(t) else t
+
+
+def full(t: torch.Tensor | None) -> torch.Tensor | None:
+    """The whole value of a DTensor (an all-gather: for small tensors, such as a bias), else ``t``."""
+    return t.full_tensor() if is_dtensor(t) else t
 
 
 def local_shard(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]:
@@ -218,6 +240,15 @@ class Reducer:
         buf[rank()] = torch.from_numpy(vec)
         _all_reduce(buf, self.what)
         return buf.numpy()
+
+
+def global_sum(t: torch.Tensor, what: str) -> torch.Tensor:
+    """The sum of ``t`` over ranks (float64, bounded wait); ``t`` itself without a process group."""
+    if not active():
+        return t
+    buf = t.detach().to(torch.float64).clone()
+    _all_reduce(buf, what)
+    return buf.to(t.device)
 
 
 def agree(layout: list, what: str) -> None:
