@@ -175,3 +175,32 @@ def _lsuv_worker(rank: int, world: int, mode: str) -> dict:
     bad += [f"{n} differs from one process" for n, p in ref_model.named_parameters()
             if not torch.allclose(weights[n], p.detach(), rtol=1e-5, atol=1e-7)]
     return {"bad": bad}
+
+
+# ---- failures: the same typed error on every rank -----------------------------------------------
+
+class _Boom(nn.Module):
+    def __init__(self, fail: bool):
+        super().__init__()
+        self.lin, self.fail = nn.Linear(4, 4), fail
+
+    def forward(self, x):
+        if self.fail:
+            raise ValueError("boom on this rank")
+        return self.lin(x)
+
+
+def _error_worker(rank: int, world: int, case: str) -> tuple:
+    import initscope
+    from initscope.errors import DistributedError
+    initscope.distributed.set_timeout(20)
+    x = torch.randn(8, 4)
+    if case == "raises":
+        model = _Boom(fail=rank == 1)
+    else:  # rank 1 builds a wider hidden layer
+        model = nn.Sequential(nn.Linear(4, 8 + 2 * (rank == 1)), nn.ReLU(), nn.Linear(8 + 2 * (rank == 1), 1))
+    try:
+        initscope.probe(model, x)
+    except DistributedError as e:
+        return (type(e).__name__, e.rank, e.name, str(e))
+    return ("no error",)
