@@ -34,8 +34,8 @@ import torch
 
 from initscope.errors import DistributedError
 
-__all__ = ["active", "per_rank", "rank", "world_size", "is_writer", "is_dtensor", "local", "full", "local_shard",
-           "set_timeout", "get_timeout", "Reducer", "agree", "global_sum", "reduce_stats", "section", "model_signature"]
+__all__ = ["active", "per_rank", "rank", "world_size", "is_writer", "launched", "batch_shard", "is_dtensor", "local", "full", "local_shard",
+           "set_timeout", "get_timeout", "Reducer", "agree", "global_sum", "reduce_stats", "section", "model_signature", "reshard"]
 
 _TIMEOUT = [300.0]
 _OFF = [0]
@@ -76,6 +76,38 @@ def world_size() -> int:
 def is_writer() -> bool:
     """Whether this process prints and writes files: rank 0, or any process without a group."""
     return rank() == 0
+
+
+@contextlib.contextmanager
+def launched() -> Iterator[bool]:
+    """Under ``torchrun`` (WORLD_SIZE > 1 in the environment) without a process group: start one
+    (nccl with CUDA, else gloo) and end it on exit. Yields whether a group is active inside."""
+    import os
+    started = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.distributed.is_available() \
+            and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        started = True
+    try:
+        yield active()
+    finally:
+        if started:
+            torch.distributed.destroy_process_group()
+
+
+def batch_shard(x: object) -> object:
+    """This rank's part of a batch: tensors cut along dim 0 as ``torch.chunk`` does (nested
+    tuples, lists and dicts followed); everything else as given. Without a group: ``x``."""
+    if not active():
+        return x
+    if isinstance(x, torch.Tensor):
+        parts = x.chunk(world_size()) if x.dim() else [x] * world_size()
+        return parts[rank()] if rank() < len(parts) else x[:0]
+    if isinstance(x, (tuple, list)):
+        return type(x)(batch_shard(v) for v in x)
+    if isinstance(x, dict):
+        return {k: batch_shard(v) for k, v in x.items()}
+    return x
 
 
 def set_timeout(seconds: float) -> None:
@@ -137,6 +169,16 @@ def local_shard(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...], tuple[i
         raise DistributedError(f"the local shard has shape {tuple(out.shape)}, the placements {t.placements} "
                                f"give {tuple(sizes)}: uneven sharding initscope cannot place", rank=rank())
     return out, tuple(offsets), shape
+
+
+def reshard(model: torch.nn.Module) -> None:
+    """Put FSDP2 modules back to their sharded parameters (a forward leaves the root's unsharded)."""
+    if not torch.distributed.is_available():
+        return
+    from torch.distributed.fsdp import FSDPModule
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
 
 
 def model_signature(named: Sequence[tuple[str, torch.Tensor]]) -> list[tuple[str, tuple[int, ...]]]:

@@ -138,6 +138,8 @@ class Recorder:
         if self._step % self.every or self._tap is not None:
             return
         self._acc.clear()  # one accumulator for the run: its buffers are reused step after step
+        if distributed.active():  # FSDP2 replaces its parameter objects on its first forward
+            self._params = list(dict((id(p), (n, p)) for n, p in self.model.named_parameters() if not is_lazy(p)).values())
         self._tap = Tap(self.model, self.watched, self._acc).__enter__()
         acc = self._tap.acc
         for name, p in self._params:
