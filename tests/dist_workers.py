@@ -204,3 +204,14 @@ def _error_worker(rank: int, world: int, case: str) -> tuple:
     except DistributedError as e:
         return (type(e).__name__, e.rank, e.name, str(e))
     return ("no error",)
+
+
+def _cli_worker(rank: int, world: int, spec: str, out_dir: str) -> tuple:
+    import io
+    import os
+
+    from initscope.cli import main
+    out = io.StringIO()
+    path = os.path.join(out_dir, f"stats{rank}.json")
+    code = main(["probe", spec, "--json", path], out=out, width=100)
+    return code, out.getvalue(), os.path.exists(path)

@@ -27,3 +27,12 @@ def test_probe_and_recorder_reduce_over_ranks(mode):
 def test_lsuv_same_scale_on_every_rank(mode):
     for r in run(_lsuv_worker, 2, mode, timeout=150):
         assert r["bad"] == []
+
+
+def test_cli_probe_on_two_ranks_rank0_prints_and_writes(tmp_path):
+    from dist_workers import _cli_worker
+    spec = "zoo:mlp?depth=3&width=16&batch=32"
+    (c0, out0, wrote0), (c1, out1, wrote1) = run(_cli_worker, 2, spec, str(tmp_path), timeout=120)
+    assert c0 == c1 == 0
+    assert "initscope probe" in out0 and wrote0
+    assert out1 == "" and not wrote1

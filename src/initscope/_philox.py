@@ -32,7 +32,7 @@ __all__ = ["philox4x32", "key_of", "values", "fill_"]
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85
 _MASK = 0xFFFFFFFF
-_CHUNK = 1 << 20  # elements generated at once: bounds the scratch memory to ~100 MB
+_CHUNK = 1 << 16  # elements generated at once: ~10 int64 temporaries of 512 KB, cache-sized
 _LO_TRUNC = 0.5 * (1 + math.erf(-2 / math.sqrt(2)))  # Phi(-2)
 
 
@@ -58,7 +58,9 @@ def philox4x32(counter: Sequence[torch.Tensor], key: tuple[int, int], rounds: in
         if r:
             k0, k1 = (k0 + _W0) & _MASK, (k1 + _W1) & _MASK
         p0, p1 = c0 * _M0, c2 * _M1  # wraps past 2^63: the low 64 bits stay exact
-        c0, c1, c2, c3 = ((p1 >> 32) & _MASK) ^ c1 ^ k0, p1 & _MASK, ((p0 >> 32) & _MASK) ^ c3 ^ k1, p0 & _MASK
+        n0 = (p1 >> 32).bitwise_and_(_MASK).bitwise_xor_(c1).bitwise_xor_(k0)
+        n2 = (p0 >> 32).bitwise_and_(_MASK).bitwise_xor_(c3).bitwise_xor_(k1)
+        c0, c1, c2, c3 = n0, p1.bitwise_and_(_MASK), n2, p0.bitwise_and_(_MASK)
     return [c0, c1, c2, c3]
 
 
