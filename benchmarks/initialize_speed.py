@@ -88,7 +88,8 @@ def main() -> None:
     base = med["hand loop (torch.nn.init)"]
     ratio = med["initialize(example_input=x)"] / base
     print(f"ratio initialize(example_input) / hand loop: {ratio:.3f}  (target <= 1.2)")
-    print(f"ratio initialize(rng='philox') / hand loop:  {med[\"initialize(x, rng='philox')\"] / base:.3f}"
+    philox = med["initialize(x, rng='philox')"]
+    print(f"ratio initialize(rng='philox') / hand loop:  {philox / base:.3f}"
           "  (counter-based, world-size invariant; target <= 1.2)")
     print(f"ratio initialize(fx) / hand loop:            {med['initialize() via torch.fx'] / base:.3f}")
     print(f"ratio plan / hand loop:                      {med['plan(example_input=x) only'] / base:.3f}")

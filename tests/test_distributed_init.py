@@ -54,3 +54,15 @@ def test_shard_of_philox_equals_slice_of_whole():
     whole = _philox.fill_(torch.empty(9, 7, 3), key, "normal", 0.5)
     part = _philox.fill_(torch.empty(4, 3, 3), key, "normal", 0.5, offsets=(2, 4, 0), global_shape=(9, 7, 3))
     assert torch.equal(part, whole[2:6, 4:7])
+
+
+def test_philox_kernel_equals_torch_ops(monkeypatch):
+    """The optional C++ kernel gives the same doubles as the torch-ops path, bitwise."""
+    if _philox._kernel() is None:
+        pytest.skip("no C++ build of _philox.cpp here (no compiler or ninja)")
+    idx = torch.arange(0, 1 << 14, dtype=torch.int64) * 977 + (1 << 40)  # high words nonzero too
+    key = _philox.key_of(3, "w")
+    native = {d: _philox.values(idx, key, d) for d in ("normal", "uniform", "truncated_normal")}
+    monkeypatch.setenv("INITSCOPE_NO_NATIVE", "1")
+    for d, v in native.items():
+        assert torch.equal(v, _philox.values(idx, key, d)), d

@@ -23,9 +23,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
+
+from initscope import _native
 
 __all__ = ["philox4x32", "key_of", "values", "fill_"]
 
@@ -33,6 +38,8 @@ _M0, _M1 = 0xD2511F53, 0xCD9E8D57
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85
 _MASK = 0xFFFFFFFF
 _CHUNK = 1 << 16  # elements generated at once: ~10 int64 temporaries of 512 KB, cache-sized
+_SOURCE = Path(__file__).with_name("_philox.cpp")
+_LOCK = threading.Lock()
 _LO_TRUNC = 0.5 * (1 + math.erf(-2 / math.sqrt(2)))  # Phi(-2)
 
 
@@ -76,20 +83,56 @@ def _uniform53(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
     return (bits.to(torch.float64) + 0.5) * 2.0 ** -53
 
 
+_KERNEL: list = []  # [module or None] once tried
+
+
+def _kernel() -> object | None:
+    """The compiled ``_philox.cpp`` (torch's extension cache; compiled once per machine), or None:
+    ``INITSCOPE_NO_NATIVE=1``, no compiler or ninja, or a failed build (then torch ops do it all)."""
+    if _native.disabled():
+        return None
+    if not _KERNEL:
+        with _LOCK:
+            if not _KERNEL:
+                try:
+                    from torch.utils import cpp_extension
+                    if not cpp_extension.is_ninja_available():
+                        raise RuntimeError("no ninja")
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        _KERNEL.append(cpp_extension.load("initscope_philox", [str(_SOURCE)],
+                                                          extra_cflags=["-O3"], verbose=False))
+                except Exception:  # noqa: BLE001 - any build failure: the torch-ops path
+                    _KERNEL.append(None)
+    return _KERNEL[0]
+
+
+def _uniforms(index: torch.Tensor, key: tuple[int, int], two: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(u1, u2) from the words (w0, w1) and (w2, w3); by the C++ kernel on the CPU where it
+    is compiled (:mod:`initscope._native`: the same integer arithmetic, the same doubles)."""
+    ext = _kernel() if index.device.type == "cpu" else None
+    if ext is not None:
+        index = index.contiguous()
+        u1 = torch.empty(index.shape, dtype=torch.float64)
+        u2 = torch.empty(index.shape if two else (0,), dtype=torch.float64)
+        ext.philox_uniforms(index, key[0], key[1], u1, u2)
+        return u1, (u2 if two else None)
+    w = philox4x32([index & _MASK, index >> 32, torch.zeros_like(index), torch.zeros_like(index)], key)
+    return _uniform53(w[0], w[1]), (_uniform53(w[2], w[3]) if two else None)
+
+
 def values(index: torch.Tensor, key: tuple[int, int], distribution: str) -> torch.Tensor:
     """Unit-scale float64 values for the given element indices (int64, >= 0).
 
     ``normal``: N(0, 1); ``uniform``: U(-1, 1); ``truncated_normal``: N(0, 1) cut at +-2.
     """
-    w = philox4x32([index & _MASK, index >> 32, torch.zeros_like(index), torch.zeros_like(index)], key)
-    u1 = _uniform53(w[0], w[1])
+    u1, u2 = _uniforms(index, key, distribution == "normal")
     if distribution == "uniform":
         return u1 * 2.0 - 1.0
     if distribution == "truncated_normal":
         p = _LO_TRUNC + u1 * (1.0 - 2.0 * _LO_TRUNC)
         return torch.special.erfinv(p * 2.0 - 1.0).mul_(math.sqrt(2.0)).clamp_(-2.0, 2.0)
     if distribution == "normal":
-        u2 = _uniform53(w[2], w[3])
         return torch.log(u1).mul_(-2.0).sqrt_().mul_(torch.cos(u2 * (2.0 * math.pi)))
     raise ValueError(f"no counter-based sampler for {distribution!r}")
 
