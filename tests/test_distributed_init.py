@@ -66,3 +66,27 @@ def test_philox_kernel_equals_torch_ops(monkeypatch):
     monkeypatch.setenv("INITSCOPE_NO_NATIVE", "1")
     for d, v in native.items():
         assert torch.equal(v, _philox.values(idx, key, d)), d
+
+
+def test_rng_option_and_default():
+    from torch import nn
+
+    from initscope.errors import UnknownOptionError
+    from initscope.initialize import initialize
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 2))
+    x = torch.randn(4, 6)
+    with pytest.raises(UnknownOptionError, match="rng"):
+        initialize(net(), rng="mersenne", example_input=x)
+    a, b, c = net(), net(), net()
+    initialize(a, example_input=x, seed=1)                  # default: torch.Generator (no DTensor)
+    initialize(b, example_input=x, seed=1, rng="torch")
+    plan = initialize(c, example_input=x, seed=1, rng="philox")
+    assert torch.equal(a[0].weight, b[0].weight) and not torch.equal(a[0].weight, c[0].weight)
+    assert any("Philox4x32-10" in n for n in plan.notes)
+    # a pure function of (seed, name, index): a wider neighbour leaves `0.weight` unchanged
+    d = nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 5))
+    initialize(d, example_input=x, seed=1, rng="philox")
+    assert torch.equal(c[0].weight, d[0].weight)
