@@ -149,6 +149,28 @@ def _stats_worker(rank: int, world: int, mode: str) -> dict:
     return {"bad": bad, "per_step": per_step, "first_mean": trace.layers[0].outputs[0].forward.mean}
 
 
+def _lsuv_all(rank: int, world: int) -> dict:
+    return {mode: _lsuv_worker(rank, world, mode) for mode in ("plain", "ddp", "fsdp")}
+
+
+def _late_worker(rank: int, world: int) -> tuple:
+    """Rank 1 never reaches the reduction: rank 0 must stop within its timeout."""
+    import time
+
+    import initscope
+    from initscope.errors import DistributedError
+    if rank == 1:
+        time.sleep(12)
+        return ("slept",)
+    initscope.distributed.set_timeout(3)
+    start = time.monotonic()
+    try:
+        initscope.probe(nn.Linear(4, 4), torch.randn(8, 4))
+    except DistributedError as e:
+        return ("DistributedError", time.monotonic() - start, str(e))
+    return ("no error",)
+
+
 def _lsuv_worker(rank: int, world: int, mode: str) -> dict:
     import initscope
     from initscope import distributed

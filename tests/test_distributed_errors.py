@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))  # spawned ranks import the workers by module name
 from dist_helpers import run  # noqa: E402
-from dist_workers import _error_worker  # noqa: E402
+from dist_workers import _error_worker, _late_worker  # noqa: E402
 
 from initscope import distributed  # noqa: E402
 from initscope.errors import ArgumentError  # noqa: E402
@@ -25,6 +25,12 @@ def test_different_models_name_the_rank_and_parameter():
     results = run(_error_worker, 2, "differ", timeout=60)
     assert [r[:3] for r in results] == [("DistributedError", 1, "0.weight")] * 2
     assert all("models differ" in r[3] for r in results)
+
+
+def test_a_rank_that_never_arrives_times_out():
+    (kind, seconds, message), _ = run(_late_worker, 2, timeout=60)
+    assert kind == "DistributedError" and "probe" in message
+    assert seconds < 10  # the bound set was 3 s; the sleeping rank returns after 12 s
 
 
 def test_without_a_group_nothing_is_reduced():

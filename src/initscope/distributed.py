@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import sys
 from collections.abc import Hashable, Iterator, Sequence
 
 import numpy as np
@@ -125,10 +126,8 @@ def get_timeout() -> float:
 
 def is_dtensor(t: object) -> bool:
     """Whether ``t`` is a DTensor (without importing DTensor when torch.distributed is absent)."""
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.tensor import DTensor
-    return isinstance(t, DTensor)
+    module = sys.modules.get("torch.distributed.tensor")  # not imported yet: no DTensor exists
+    return module is not None and isinstance(t, module.DTensor)
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
@@ -173,9 +172,10 @@ def local_shard(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...], tuple[i
 
 def reshard(model: torch.nn.Module) -> None:
     """Put FSDP2 modules back to their sharded parameters (a forward leaves the root's unsharded)."""
-    if not torch.distributed.is_available():
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # not imported yet: no FSDP2 module exists
+    if fsdp is None:
         return
-    from torch.distributed.fsdp import FSDPModule
+    FSDPModule = fsdp.FSDPModule
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.reshard()
