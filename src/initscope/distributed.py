@@ -191,8 +191,23 @@ def _digest(obj: object) -> tuple[float, float]:
     return float(h & ((1 << 26) - 1)), float((h >> 26) & ((1 << 26) - 1))  # exact in float64
 
 
+def _comm_device() -> torch.device:
+    """Where a collective's tensor must live: the current GPU for a pure NCCL group, else the CPU."""
+    if str(torch.distributed.get_backend()).lower() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _all_reduce(buf: torch.Tensor, what: str) -> None:
-    work = torch.distributed.all_reduce(buf, async_op=True)
+    """Sum the host tensor ``buf`` over ranks in place, waiting at most the set timeout."""
+    dev = _comm_device()
+    moved = buf if dev.type == "cpu" else buf.to(dev)
+    _wait(torch.distributed.all_reduce(moved, async_op=True), what)
+    if moved is not buf:
+        buf.copy_(moved.cpu())
+
+
+def _wait(work: object, what: str) -> None:
     try:
         ok = work.wait(timeout=datetime.timedelta(seconds=_TIMEOUT[0]))
     except RuntimeError as e:
@@ -288,7 +303,7 @@ def global_sum(t: torch.Tensor, what: str) -> torch.Tensor:
     """The sum of ``t`` over ranks (float64, bounded wait); ``t`` itself without a process group."""
     if not active():
         return t
-    buf = t.detach().to(torch.float64).clone()
+    buf = t.detach().to("cpu", torch.float64, copy=True)
     _all_reduce(buf, what)
     return buf.to(t.device)
 
