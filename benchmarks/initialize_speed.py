@@ -3,7 +3,8 @@ torch.nn.init calls over the same parameters, and the discovery pass against one
 
 Everything is measured side by side in one run: the variants are interleaved round by
 round and the medians compared, so machine load affects them alike. Prints ratios;
-target: initialize / hand loop <= 1.2.
+target: initialize / hand loop <= 1.2, for the default torch.Generator values and
+for the counter-based ones (rng="philox"), side by side.
 
     python benchmarks/initialize_speed.py [--depth 14] [--rounds 5] [--device cpu] [--threads N]
 
@@ -66,6 +67,7 @@ def main() -> None:
     variants = {
         "hand loop (torch.nn.init)": lambda: hand_loop(model),
         "initialize(example_input=x)": lambda: initialize(model, example_input=x),
+        "initialize(x, rng='philox')": lambda: initialize(model, example_input=x, rng="philox"),
         "initialize() via torch.fx": lambda: initialize(model),
         "plan(example_input=x) only": lambda: plan(model, example_input=x),
         "discover(model, x)": lambda: discover(model, x),
@@ -86,6 +88,9 @@ def main() -> None:
     base = med["hand loop (torch.nn.init)"]
     ratio = med["initialize(example_input=x)"] / base
     print(f"ratio initialize(example_input) / hand loop: {ratio:.3f}  (target <= 1.2)")
+    philox = med["initialize(x, rng='philox')"]
+    print(f"ratio initialize(rng='philox') / hand loop:  {philox / base:.3f}"
+          "  (counter-based, world-size invariant; target <= 1.2)")
     print(f"ratio initialize(fx) / hand loop:            {med['initialize() via torch.fx'] / base:.3f}")
     print(f"ratio plan / hand loop:                      {med['plan(example_input=x) only'] / base:.3f}")
     rest = med["initialize(example_input=x)"] - med["discover(model, x)"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from initscope import distributed
 from initscope.errors import ShapeError
 
 __all__: list[str] = []
@@ -25,7 +26,7 @@ def _sums(name: str, module: nn.Module, y: torch.Tensor, ch: int) -> torch.Tenso
     Sums run in y's precision (float32 at least) with torch's cascade summation, about 1e-7
     relative, and are combined in float64: Var z = Var y - 2 Cov(y, b) + Var b then holds to
     about 1e-7 (1 + mean(b^2) / Var z), without a pass to form z."""
-    units, bias = y.shape[ch], _scaled(module).bias
+    units, bias = y.shape[ch], distributed.full(_scaled(module).bias)
     if y.numel() < 2 * units:
         raise ShapeError(f"`{name}` ({type(module).__name__}): output shape {tuple(y.shape)} gives "
                          f"{y.numel() // units} sample(s) per unit; std needs at least 2; pass a larger batch "

@@ -23,11 +23,13 @@ settings as arguments, so tests get stable text.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import traceback
 import warnings
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from initscope import __version__
@@ -119,6 +121,16 @@ def _cross_entropy(output: Any) -> Any:
 
 
 def _probe(args: argparse.Namespace, out: TextIO) -> int:
+    from initscope import distributed
+
+    with distributed.launched() as group:  # under torchrun: each rank probes its part of the batch
+        if group and not distributed.is_writer():  # only rank 0 prints and writes
+            from initscope.report.text import console
+            args.console, args.html, args.json = console(io.StringIO()), None, None
+        return _probe_ranks(args, out, distributed.batch_shard if group else (lambda x: x))
+
+
+def _probe_ranks(args: argparse.Namespace, out: TextIO, shard: Callable) -> int:
     from initscope.probe import probe
     from initscope.report.text import findings_block, layer_table
 
@@ -128,6 +140,7 @@ def _probe(args: argparse.Namespace, out: TextIO) -> int:
             writable(path)
     model, example = resolve_spec(args.spec)
     x, where = load_input(args, example)
+    x = shard(x)
     try:
         plan, report = _apply_init(model, args.init, x, args.seed, con)
         trace = probe(model, x, loss_fn=_cross_entropy if args.loss == "ce" else None)

@@ -20,6 +20,7 @@ __all__ = [
     "ForwardError",
     "LossError",
     "DiscoveryWarning",
+    "DistributedError",
 ]
 
 
@@ -82,3 +83,17 @@ def choices_message(what: str, value: object, known: Iterable[str], fix: str = "
     listed = ", ".join(repr(k) for k in known)
     text = f"unknown {what} {value!r}; known: {listed}"
     return f"{text}; {fix}" if fix else text
+
+
+class DistributedError(InitscopeError, RuntimeError):
+    """Ranks of a process group disagree or one of them failed: raised on every rank alike.
+
+    Attributes:
+        rank: the rank that raised or differs.
+        name: the parameter or statistics key that differs, or None.
+    """
+
+    def __init__(self, message: str, rank: int | None = None, name: str | None = None):
+        super().__init__(message)
+        self.rank = rank
+        self.name = name

@@ -49,6 +49,7 @@ the modules' own code, so it snapshots the parameters and restores them on failu
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Mapping
@@ -56,6 +57,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from initscope import _counter_init, distributed
 from initscope._planner import Planner, check_nonlinearity
 from initscope._residual import RESIDUAL, Factors, factors
 from initscope._state import gc_paused, rollback
@@ -169,12 +171,20 @@ def _no_factors(residual: str) -> Factors:
 def initialize(model: nn.Module, scheme: str = "kaiming", example_input: object = None, *, seed: int = 0,
                mode: str | None = None, distribution: str | None = None, residual: str = "auto",
                bias: str = "zeros", convention: str = "variance",
-               nonlinearity: ActivationLike | Mapping[str, ActivationLike] | None = None) -> InitPlan:
+               nonlinearity: ActivationLike | Mapping[str, ActivationLike] | None = None,
+               rng: str = "auto") -> InitPlan:
     """Initialize ``model`` in place as :func:`plan` decides, and return the plan.
 
     Takes the same arguments as :func:`plan`. Normalization layers also get their running
     statistics reset; no other buffer changes. Nothing is written until every row is
     decided and every parameter checked.
+
+    ``rng`` picks the generator: ``"torch"``, a ``torch.Generator`` per parameter (fast; its
+    values depend on the device); ``"philox"``, the counter-based Philox4x32-10 of
+    :mod:`initscope._philox`, every value a pure function of (seed, name, element index),
+    the same on any device and any world size, each rank writing only its shard of a DTensor
+    (about 50x slower on a CPU: see ``benchmarks/RESULTS.md``); ``"auto"`` (default), philox
+    when the model holds DTensor parameters, else torch.
 
     Examples:
         >>> from initscope import zoo
@@ -187,13 +197,37 @@ def initialize(model: nn.Module, scheme: str = "kaiming", example_input: object 
     with gc_paused():  # over plan and writes (see _state.gc_paused)
         result = plan(model, scheme, example_input, seed=seed, mode=mode, distribution=distribution,
                       residual=residual, bias=bias, convention=convention, nonlinearity=nonlinearity)
-        _apply(model, scheme, result)
+        result, counter = _rng(model, scheme, result, rng)
+        _apply(model, scheme, result, counter)
     return result
 
 
-def _apply(model: nn.Module, scheme: str, result: InitPlan) -> None:
+def _rng(model: nn.Module, scheme: str, result: InitPlan, rng: str) -> tuple[InitPlan, bool]:
+    """Whether the counter-based generator writes, with the plan's notes saying so."""
+    if rng not in ("auto", "philox", "torch"):
+        raise UnknownOptionError(choices_message("rng", rng, ("auto", "philox", "torch"), "pass one of these"))
+    distributed.reshard(model)  # discovery's forward leaves an FSDP2 root unsharded
+    sharded = [n for n, p in model.named_parameters() if distributed.is_dtensor(p)]
+    if sharded and distributed.active():
+        distributed.agree(distributed.model_signature(list(model.named_parameters())), "initialize")
+    if sharded and (rng == "torch" or scheme == "torch_default"):
+        raise ArgumentError(f"`{sharded[0]}` is a DTensor: a torch.Generator cannot give values that do not depend "
+                            f"on the world size; pass rng='philox' (or 'auto') and a scheme other than torch_default")
+    if rng == "torch" or (rng == "auto" and not sharded) or scheme == "torch_default":
+        return result, False
+    notes = ["values from the counter-based Philox4x32-10 generator: a pure function of (seed, name, element index)"]
+    whole = sorted({r.name for r in result.rows if r.distribution in _counter_init.WHOLE_BLOCK and r.name in sharded})
+    if whole:
+        notes.append(f"{', '.join(whole[:4])}{' ...' if len(whole) > 4 else ''}: orthogonal needs the whole matrix; "
+                     "every rank generates it, one parameter block at a time, and keeps its shard")
+    return dataclasses.replace(result, notes=(*result.notes, *notes)), True
+
+
+def _apply(model: nn.Module, scheme: str, result: InitPlan, counter: bool = False) -> None:
     if scheme == "torch_default":
         _reset(model, result)
+    elif counter:
+        _write_counter(model, result)
     else:
         _write(model, result)
     for name in result.norms:
@@ -203,7 +237,7 @@ def _apply(model: nn.Module, scheme: str, result: InitPlan) -> None:
 _Job = tuple[torch.Tensor, list[PlanRow], "torch.Generator | None"]
 
 
-def _jobs(model: nn.Module, result: InitPlan) -> list[_Job]:
+def _jobs(model: nn.Module, result: InitPlan, generators: bool = True) -> list[_Job]:
     """Phase 1: match every row to its tensor and make its generator; nothing is written."""
     params = dict(model.named_parameters())
     grouped: dict[str, list[PlanRow]] = {}
@@ -215,7 +249,7 @@ def _jobs(model: nn.Module, result: InitPlan) -> list[_Job]:
         if p is None or tuple(p.shape) != rows[0].shape or not p.is_floating_point():
             raise ModelError(f"`{name}`: the plan does not match the model (parameter "
                              f"{'missing' if p is None else tuple(p.shape)}, planned {rows[0].shape}); make a new plan")
-        jobs.append((p, rows, _generator(result.seed, name, p)))
+        jobs.append((p, rows, _generator(result.seed, name, p) if generators else None))
     return jobs
 
 
@@ -238,6 +272,12 @@ def _write(model: nn.Module, result: InitPlan) -> None:
                     delta_orthogonal_(view, r.std * math.sqrt(max(view.shape[0], view.shape[1])), gen)
                 else:
                     _fill(view, r.std, r.distribution, gen)
+
+
+def _write_counter(model: nn.Module, result: InitPlan) -> None:
+    """Phase 2 with the counter-based generator: each rank fills only its local shards."""
+    for p, rows, _ in _jobs(model, result, generators=False):
+        _counter_init.write(p, rows[0].name, rows, result.seed)
 
 
 def _reset(model: nn.Module, result: InitPlan) -> None:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from initscope import distributed
 from initscope._lsuv_solve import _along, _alive, _moments, _scaled, _solve, _std_mean, _sums, _z_moments
 from initscope._select import match
 from initscope._state import call, preserved, rollback
@@ -67,11 +68,11 @@ class _Slot:
         self.before = self.before or (v, n)
 
     def apply(self, s: torch.Tensor, d: torch.Tensor | None, gate: torch.Tensor) -> None:
-        self.weight.mul_(s)
+        distributed.local(self.weight).mul_(s)  # a DTensor's shard: every rank applies the same s
         self.scale, self.applied = self.scale * s, self.applied | gate
         if d is not None:
             for b in self.biases:
-                b.add_(d)
+                distributed.local(b).add_(d)
             self.shift = self.shift + d
 
     def damped(self, s: torch.Tensor) -> torch.Tensor:
@@ -110,14 +111,17 @@ class _Pass:
         def hook(module, args, output):
             y = output[0] if isinstance(output, tuple) else output
             ch = y.dim() - _scaled(module).weight.dim() + 1 if isinstance(module, _CONVS) else y.dim() - 1
-            v = _sums(name, module, y, ch)
+            v, n = _sums(name, module, y, ch), float(y.numel())
+            if distributed.active():  # global sums: the same scale on every rank
+                both = distributed.global_sum(torch.cat([v, v.new_tensor([n])]), f"lsuv `{name}`")
+                v, n = both[:5], float(both[5])
             slot.order, self.step = min(slot.order, self.step), self.step + 1
-            slot.add(v, float(y.numel()))
+            slot.add(v, n)
             self.completed.append(name)
             self.last = (slot, y)
             if slot.calls > 1 or slot.multi or self.mode == "check":
                 return None
-            s, d, gate = self.correct(slot, v, float(y.numel()))
+            s, d, gate = self.correct(slot, v, n)
             new = _corrected(module, args, y, ch, s, d)
             slot.apply(s, d, gate)
             self.last = (slot, new)
@@ -136,7 +140,7 @@ def _corrected(module: nn.Module, args: tuple, y: torch.Tensor, ch: int, s: torc
     """s z + b + d = s y + (1 - s) b + d, with the bias as it was before apply(). Written into y
     when y is a fresh output that nothing else holds (a Linear/conv/attention output, dense and
     not a view of an input): a new tensor per layer costs more in page faults than the arithmetic."""
-    bias = _scaled(module).bias
+    bias = distributed.full(_scaled(module).bias)
     shift = None if bias is None else _along((1 - s) * bias if d is None else (1 - s) * bias + d, y, ch)
     own = isinstance(module, _DEFAULT) and y.is_contiguous() and not any(
         isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()
@@ -279,6 +283,10 @@ def _dead(slot: _Slot, std: float) -> None:
 
 
 def _pre_init(slots: list[_Slot], scheme: str, generator: torch.Generator | None) -> None:
+    sharded = [slot.name for slot in slots if distributed.is_dtensor(slot.weight)]
+    if sharded:
+        raise ArgumentError(f"`{sharded[0]}` holds a DTensor weight: pre_init={scheme!r} would draw per-rank values; "
+                            f"run initscope.initialize(model, {scheme!r}) first (shard-aware) and pass pre_init=None")
     gen = generator or torch.Generator(slots[0].weight.device).manual_seed(0)
     for m in {id(m): m for slot in slots for _, m in slot.modules}.values():
         for part in dict.fromkeys([m, _scaled(m)]):

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
+from initscope import distributed
 from initscope._select import ModuleSelection, select_modules
 from initscope._state import call, main_output, map_tensors, preserved
 from initscope.errors import ForwardError, LossError, ModelError
@@ -305,14 +306,15 @@ def probe(model: nn.Module, inputs: Any, *, loss_fn: Callable | None = None, tar
     params = list(dict((id(p), (n, p)) for n, p in model.named_parameters()).values())
     leaves = [t for _, t in walk(inputs) if t.requires_grad and t.is_leaf]
     notes, loss = [], None
-    with preserved(model, params=True, leaves=leaves), tap, torch.inference_mode(False), \
-            torch.set_grad_enabled(backward):
+    reducer = distributed.Reducer("probe") if distributed.active() else None
+    with distributed.section(reducer), preserved(model, params=True, leaves=leaves), tap, \
+            torch.inference_mode(False), torch.set_grad_enabled(backward):
         inputs = _usable(inputs)
         for j, (_, t) in enumerate(walk(inputs)):
             if t.is_floating_point():
                 tap.acc.add(("input", j), t, unit_dim=1 if t.dim() >= 4 else -1)
         for name, p in params:
-            tap.acc.add(("value", name), p)
+            tap.acc.add(("value", name), distributed.local(p))
         try:
             output = call(model, inputs)
         except Exception as e:
@@ -321,7 +323,8 @@ def probe(model: nn.Module, inputs: Any, *, loss_fn: Callable | None = None, tar
             loss = _loss(output, loss_fn, target, notes)
             del output
             _backward(tap, loss, params, leaves, notes)
-    return _trace(tap, params, inputs, loss, notes)
+        host = _host(tap, params, reducer)
+    return _trace(tap, params, inputs, loss, notes, host)
 
 
 def _backward(tap: Tap, loss: torch.Tensor, params: list, leaves: list, notes: list[str]) -> None:
@@ -338,13 +341,21 @@ def _backward(tap: Tap, loss: torch.Tensor, params: list, leaves: list, notes: l
         raise _fail(tap, e, "backward") from e
     for name, p in params:
         if p.grad is not None:
-            tap.acc.add(("grad", name), p.grad.to_dense() if p.grad.is_sparse else p.grad)
+            tap.acc.add(("grad", name), distributed.local(p.grad.to_dense() if p.grad.is_sparse else p.grad))
 
 
-def _trace(tap: Tap, params: list, inputs: Any, loss: torch.Tensor | None, notes: list[str]) -> Trace:
+def _host(tap: Tap, params: list, reducer: distributed.Reducer | None) -> dict:
+    """Host statistics; in a process group, merged over ranks (replicated parameters stay local)."""
+    local = frozenset(k for n, p in params if not distributed.is_dtensor(p) for k in (("value", n), ("grad", n)))
+    items = distributed.reduce_stats(tap.acc.to_host(), reducer, local_keys=local,
+                                     signature=distributed.model_signature(params))
     host: dict = {}
-    for key, s in tap.acc.to_host():
+    for key, s in items:
         host[key] = host[key].merge(s) if key in host else s
+    return host
+
+
+def _trace(tap: Tap, params: list, inputs: Any, loss: torch.Tensor | None, notes: list[str], host: dict) -> Trace:
     ins = tuple(OutputRecord(path, tuple(t.shape), str(t.dtype).replace("torch.", ""), host.get(("input", j)), None)
                 for j, (path, t) in enumerate(walk(inputs)))
     prs = tuple(ParamRecord(n, tuple(p.shape), str(p.dtype).replace("torch.", ""), host[("value", n)],

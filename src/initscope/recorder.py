@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
+from initscope import distributed
 from initscope.diagnose import Finding, diagnose_run
 from initscope.errors import ArgumentError, ModelError
 from initscope.probe import LayerRecord, ModuleSelection, OutputRecord, ParamRecord, Tap, Trace, select_modules
@@ -105,6 +106,7 @@ class Recorder:
         self._merged: dict[tuple[str, str], Stats] = {}
         self._layers: dict[str, tuple[str, bool]] = {}
         self._open = False
+        self._reducer = distributed.Reducer("Recorder step") if distributed.active() else None
 
     def __enter__(self) -> Recorder:
         self._open = True
@@ -136,11 +138,13 @@ class Recorder:
         if self._step % self.every or self._tap is not None:
             return
         self._acc.clear()  # one accumulator for the run: its buffers are reused step after step
+        if distributed.active():  # FSDP2 replaces its parameter objects on its first forward
+            self._params = list(dict((id(p), (n, p)) for n, p in self.model.named_parameters() if not is_lazy(p)).values())
         self._tap = Tap(self.model, self.watched, self._acc).__enter__()
         acc = self._tap.acc
         for name, p in self._params:
-            acc.add(("value", name), p)
-            if p.requires_grad:
+            acc.add(("value", name), distributed.local(p))
+            if p.requires_grad and not distributed.is_dtensor(p):  # FSDP2 sets a DTensor's grad outside autograd
                 self._param_hooks.append(p.register_hook(functools.partial(_grad_hook, acc, name)))
 
     def _disarm(self) -> None:
@@ -155,7 +159,8 @@ class Recorder:
         if self._tap is None or not self._tap.calls:  # armed, but no forward ran
             return
         tap = self._tap
-        host = tap.acc.to_host()  # the single transfer of this step
+        with distributed.section(self._reducer):
+            host = self._host(tap)
         per: dict[tuple[str, str], Stats] = {}
         for key, s in host:
             if key[0] in ("value", "grad"):
@@ -168,6 +173,15 @@ class Recorder:
                 k = (call.name, "forward" if key[2] == "fwd" else "backward")
             per[k] = per[k].merge(s) if k in per else s
         self._store(per)
+
+    def _host(self, tap: Tap) -> list:
+        """This step's statistics on the host (one transfer); in a process group, merged over ranks."""
+        for name, p in self._params:
+            if distributed.is_dtensor(p) and p.grad is not None:
+                tap.acc.add(("grad", name), distributed.local(p.grad))
+        local = frozenset(k for n, p in self._params if not distributed.is_dtensor(p) for k in (("value", n), ("grad", n)))
+        return distributed.reduce_stats(tap.acc.to_host(), self._reducer, local_keys=local,
+                                        signature=distributed.model_signature(self._params))
 
     def _store(self, per: dict[tuple[str, str], Stats]) -> None:
         keys = list(per)

@@ -1,0 +1,92 @@
+"""Sharded initialize on gloo groups: gathered weights equal the single-process values bitwise."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))  # spawned ranks import the workers by module name
+from dist_helpers import run  # noqa: E402
+from dist_workers import _fsdp_worker, _tp_worker  # noqa: E402
+
+from initscope import _philox  # noqa: E402
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_fsdp2_gathered_weights_equal_one_process(world):
+    for result in run(_fsdp_worker, world, timeout=150):
+        for case, (diff, notes) in result.items():
+            assert diff == [], f"{case}: {diff} differ from the single-process values"
+        assert any("orthogonal needs the whole matrix" in n for n in result[("orthogonal", None)][1])
+
+
+def test_two_dimensional_mesh_shards_equal_one_process():
+    assert run(_tp_worker, 4, timeout=150) == [[]] * 4
+
+
+def test_philox_known_answers():
+    """Random123's published known-answer vectors of Philox4x32-10 (its tests/kat_vectors)."""
+    kat = [((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+           ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+           ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+            (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1))]
+    for counter, key, expected in kat:
+        words = _philox.philox4x32([torch.tensor([c], dtype=torch.int64) for c in counter], key)
+        assert tuple(int(w) for w in words) == expected
+
+
+@pytest.mark.parametrize("dist, var, lo, hi", [("normal", 1.0, -8, 8), ("uniform", 1 / 3, -1, 1),
+                                                 ("truncated_normal", 0.8796256610342398 ** 2, -2, 2)])
+def test_philox_distributions(dist, var, lo, hi):
+    """2^20 values: the sample mean's std is sqrt(var / n) < 1e-3, so 5e-3 is 5 sigma; the sample
+    variance's relative std is sqrt(2 / n) ~ 1.4e-3 (normal; less for the others), so 1e-2 is 7 sigma."""
+    x = _philox.fill_(torch.empty(1024, 1024, dtype=torch.float64), _philox.key_of(0, "w"), dist, 1.0)
+    assert abs(x.mean().item()) < 5e-3
+    assert abs(x.var().item() / var - 1) < 1e-2
+    assert lo <= x.min().item() and x.max().item() <= hi
+
+
+def test_shard_of_philox_equals_slice_of_whole():
+    """Filling a block at an offset generates exactly the whole tensor's values there."""
+    key = _philox.key_of(5, "layer.weight")
+    whole = _philox.fill_(torch.empty(9, 7, 3), key, "normal", 0.5)
+    part = _philox.fill_(torch.empty(4, 3, 3), key, "normal", 0.5, offsets=(2, 4, 0), global_shape=(9, 7, 3))
+    assert torch.equal(part, whole[2:6, 4:7])
+
+
+def test_philox_kernel_equals_torch_ops(monkeypatch):
+    """The optional C++ kernel gives the same doubles as the torch-ops path, bitwise."""
+    if _philox._kernel() is None:
+        pytest.skip("no C++ build of _philox.cpp here (no compiler or ninja)")
+    idx = torch.arange(0, 1 << 14, dtype=torch.int64) * 977 + (1 << 40)  # high words nonzero too
+    key = _philox.key_of(3, "w")
+    native = {d: _philox.values(idx, key, d) for d in ("normal", "uniform", "truncated_normal")}
+    monkeypatch.setenv("INITSCOPE_NO_NATIVE", "1")
+    for d, v in native.items():
+        assert torch.equal(v, _philox.values(idx, key, d)), d
+
+
+def test_rng_option_and_default():
+    from torch import nn
+
+    from initscope.errors import UnknownOptionError
+    from initscope.initialize import initialize
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 2))
+    x = torch.randn(4, 6)
+    with pytest.raises(UnknownOptionError, match="rng"):
+        initialize(net(), rng="mersenne", example_input=x)
+    a, b, c = net(), net(), net()
+    initialize(a, example_input=x, seed=1)                  # default: torch.Generator (no DTensor)
+    initialize(b, example_input=x, seed=1, rng="torch")
+    plan = initialize(c, example_input=x, seed=1, rng="philox")
+    assert torch.equal(a[0].weight, b[0].weight) and not torch.equal(a[0].weight, c[0].weight)
+    assert any("Philox4x32-10" in n for n in plan.notes)
+    # a pure function of (seed, name, index): a wider neighbour leaves `0.weight` unchanged
+    d = nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 5))
+    initialize(d, example_input=x, seed=1, rng="philox")
+    assert torch.equal(c[0].weight, d[0].weight)
