@@ -108,8 +108,9 @@ class Planner:
         if not fixed:
             return []
         names = ", ".join(f"`{n}`" for n in fixed[:3]) + (", ..." if len(fixed) > 3 else "")
-        return [f"batch normalization in eval mode: {len(fixed)} layers ({names}) normalise with running "
-                "statistics, which initialize() resets to mean 0, variance 1, so each is the identity until "
+        count = f"{len(fixed)} layer{'s' if len(fixed) > 1 else ''}"
+        return [f"batch normalization in eval mode: {count} ({names}) normalise with running statistics, "
+                "which initialize() resets to mean 0, variance 1, so each is the identity until "
                 "training sets them; the gains after a normalization assume it normalises (as with batch "
                 "statistics, in train mode), so the output scale in eval mode is not the plan's"]
 

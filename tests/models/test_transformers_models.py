@@ -55,7 +55,7 @@ def _logits_std_at_init(model, x) -> float:
     BatchNorm assume it normalises ("producer is a normalization: gain 1"), as it does at every
     training step; with placeholder statistics it does not, and whatever the layers before it
     lose (EfficientNet's 5x5 depthwise convs on 1x1 and 2x2 maps keep 1/25 to 4/25 of E[x^2]
-    through their zero padding) compounds through all 16 blocks instead of being renormalised.
+    through their zero padding) compounds through the blocks instead of being renormalised.
     The plan says so in a note. Models without BatchNorm are measured exactly as in eval mode.
     """
     return _logits_std(cases.batch_statistics(model), x)
