@@ -54,7 +54,7 @@ def _logits_std_at_init(model, x) -> float:
     (``test_eval_mode_batchnorm_after_initialize_is_the_identity``). The plan's gains after a
     BatchNorm assume it normalises ("producer is a normalization: gain 1"), as it does at every
     training step; with placeholder statistics it does not, and whatever the layers before it
-    lose (EfficientNet's 5x5 depthwise convs on 1x1 and 2x2 maps keep 1/25 to 4/25 of E[x^2]
+    lose (EfficientNet's depthwise convs on 2x2 and 1x1 maps keep 4/25 and 1/9 of E[x^2]
     through their zero padding) compounds through the blocks instead of being renormalised.
     The plan says so in a note. Models without BatchNorm are measured exactly as in eval mode.
     """
