@@ -1,10 +1,12 @@
-"""Output std of the real-model test set (tests/models/cases.py) under three inits.
+"""Output std of the real-model test set (tests/models/cases.py): three inits, and eval-mode BatchNorm.
 
 For each transformers model built from config (no weights, no network), on its own batch of
-8, in eval mode: the logits' std as the config builds it (transformers' own init), after
-``initscope.initialize(model, "kaiming", example_input=batch)``, and after
-``initscope.lsuv(model, batch)`` (orthogonal pre-init, the default) on a fresh copy. Prints a
-markdown table; needs transformers.
+8, with dropout off and BatchNorm on batch statistics (``cases.batch_statistics``, as the band
+test measures): the logits' std as the config builds it (transformers' own init) and after
+``initscope.initialize(model, "kaiming", example_input=batch)``; then the same initialized model
+fully in eval mode (BatchNorm on the running statistics initialize resets: the identity), and
+``initscope.lsuv(model, batch)`` (orthogonal pre-init, the default) on a fresh copy, in eval
+mode as LSUV scales it. Prints a markdown table; needs transformers.
 
     python benchmarks/models_std.py
 """
@@ -61,20 +63,22 @@ def stream_std(model, batch, norm: str | None) -> float:
 def main() -> None:
     cases = load_cases()
     torch.set_num_threads(1)
-    print("| model | transformers class | default init | initscope.initialize | lsuv | final norm's input "
-          "(default / initialize) | depends on |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | transformers class | default init | initscope.initialize | initialize, eval-mode BN | lsuv "
+          "| final norm's input (default / initialize) | depends on |")
+    print("|---|---|---|---|---|---|---|---|")
     for case in cases.CASES:
         model, batch = cases.build(case)
-        default, norm = logits_std(cases, model, batch), final_norm(model, batch)
+        default, norm = logits_std(cases, cases.batch_statistics(model), batch), final_norm(model, batch)
         before = stream_std(model, batch, norm)
         initscope.initialize(model, "kaiming", example_input=batch)
-        ours, stream = logits_std(cases, model, batch), stream_std(model, batch, norm)
+        ours, stream = logits_std(cases, cases.batch_statistics(model), batch), stream_std(model, batch, norm)
+        frozen = logits_std(cases, model, batch)
         model, batch = cases.build(case)
         initscope.lsuv(model, batch)
         after = logits_std(cases, model, batch)
         where = "-" if norm is None else f"`{norm}`: {before:.3g} / {stream:.3g}"
-        print(f"| {case.name} | {case.model} | {default:.3g} | {ours:.3g} | {after:.3g} | {where} | {case.gated or '-'} |")
+        print(f"| {case.name} | {case.model} | {default:.3g} | {ours:.3g} | {frozen:.3g} | {after:.3g} | {where} "
+              f"| {case.gated or '-'} |")
 
 
 if __name__ == "__main__":

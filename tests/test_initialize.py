@@ -292,6 +292,19 @@ def test_initialize_resets_norm_statistics_keeps_other_buffers_and_flags_and_lea
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
+def test_plan_notes_batchnorm_in_eval_mode_and_only_there():
+    # initialize resets the running statistics to (0, 1): an eval-mode BatchNorm is then the
+    # identity, not the normalization the gain after it (1) assumes; the plan says so.
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    assert not any(n.startswith("batch normalization in eval mode") for n in plan(model, example_input=x).notes)
+    notes = initialize(model.eval(), example_input=x).notes
+    assert [n for n in notes if n.startswith("batch normalization in eval mode: 1 layer (`1`)")]
+    with torch.no_grad():
+        h = model[0](x)
+        assert torch.allclose(model[1](h), h / math.sqrt(1 + model[1].eps))  # the identity, as the note says
+
+
 # --- the record ------------------------------------------------------------------------------
 class Odd(nn.Module):
     def __init__(self):

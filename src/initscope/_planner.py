@@ -98,8 +98,21 @@ class Planner:
             units = self._units(names)
             why = alias_reason(names[0], units, split_uses(units)[0] if self.scheme != "torch_default" else units)
             untouched += [Untouched(a, tuple(p.shape), why) for a in names[1:]]
-        self.notes += self.gains.notes + self._output_notes()
+        self.notes += self.gains.notes + self._output_notes() + self._eval_norm_notes()
         return rows, untouched
+
+    def _eval_norm_notes(self) -> list[str]:
+        """Normalizations that run on running statistics (eval mode): after initialize() resets
+        them to mean 0, variance 1, each is the identity, not the normalization the plan assumes."""
+        fixed = [n for n in self.running_stats() if not self.model.get_submodule(n).training]
+        if not fixed:
+            return []
+        names = ", ".join(f"`{n}`" for n in fixed[:3]) + (", ..." if len(fixed) > 3 else "")
+        count = f"{len(fixed)} layer{'s' if len(fixed) > 1 else ''}"
+        return [f"batch normalization in eval mode: {count} ({names}) normalise with running statistics, "
+                "which initialize() resets to mean 0, variance 1, so each is the identity until "
+                "training sets them; the gains after a normalization assume it normalises (as with batch "
+                "statistics, in train mode), so the output scale in eval mode is not the plan's"]
 
     def _output_notes(self) -> list[str]:
         """Output layers that read a normalization: the output scale is theirs alone."""

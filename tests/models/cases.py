@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Case", "CASES", "CASE", "build", "main_output"]
+__all__ = ["Case", "CASES", "CASE", "build", "main_output", "batch_statistics"]
 
 _VOCAB, _HIDDEN, _HEADS, _LAYERS = 256, 64, 4, 2
 _TEXT = {"vocab_size": _VOCAB, "hidden_size": _HIDDEN, "num_attention_heads": _HEADS,
@@ -64,8 +64,7 @@ CASES = (
          {"hidden_sizes": [16, 32], "depths": [1, 1], "num_stages": 2, "num_labels": 64}, inputs="image"),
     Case("efficientnet", "EfficientNetForImageClassification", "EfficientNetConfig",
          {"image_size": 32, "width_coefficient": 0.25, "depth_coefficient": 0.25, "hidden_dim": 320,
-          "num_labels": 64}, inputs="image", gated="sigmoid(SE) * features",
-         no_rule="torch.mul"),
+          "num_labels": 64}, inputs="image", gated="sigmoid(SE) * features; BatchNorm on batch statistics"),
     Case("mobilenet_v2", "MobileNetV2ForImageClassification", "MobileNetV2Config",
          {"image_size": 96, "depth_multiplier": 0.35, "num_labels": 64}, inputs="image", image=96,
          gated="adaptive_avg_pool2d keeps only the mean part of E[relu6^2]; zero padding of 3x3 maps"),
@@ -101,3 +100,22 @@ def build(case: Case, seed: int = 0, batch: int = 8) -> tuple[torch.nn.Module, d
 def main_output(output: object) -> torch.Tensor:
     """The logits of an HF ``ModelOutput`` (what the std is measured on)."""
     return output["logits"]
+
+
+def batch_statistics(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` whose BatchNorm layers normalise with the batch's statistics (their
+    training mode); everything else (dropout, drop-connect) stays in eval mode.
+
+    ``initialize`` resets BatchNorm's running statistics to mean 0, variance 1, so in eval mode
+    each BatchNorm is then the identity: not the normalisation its plan assumes ("producer is a
+    normalization: gain 1"), nor what the network computes at the first training step. Measured
+    this way, the output std is that of the network training starts from. A copy, so the
+    caller's running statistics are not updated.
+    """
+    import copy
+
+    clone = copy.deepcopy(model)
+    for module in clone.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.train()
+    return clone
