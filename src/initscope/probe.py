@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
+from initscope import _validate as check
 from initscope._select import ModuleSelection, select_modules
 from initscope._state import call, map_tensors, preserved
 from initscope.errors import ForwardError, LossError, ModelError
@@ -285,8 +286,8 @@ def probe(model: nn.Module, inputs: Any, *, loss_fn: Callable | None = None, tar
         LossError: a target without ``loss_fn``, a failing ``loss_fn``, or a non-scalar loss.
         ForwardError: the model raised; names the layer that was running and those completed.
     """
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"probe needs a torch.nn.Module, got {type(model).__name__}")
+    check.module(model, "probe")
+    check.batch(inputs, "probe")
     if target is not None and loss_fn is None:
         raise LossError("a target was given without a loss_fn to use it; pass loss_fn=, "
                         "e.g. torch.nn.functional.cross_entropy")
@@ -295,7 +296,7 @@ def probe(model: nn.Module, inputs: Any, *, loss_fn: Callable | None = None, tar
         raise ModelError(f"parameters {', '.join(lazy[:4])} are not initialized yet (lazy modules), and "
                          "probe would have to create them; run one forward pass before probing")
     tap = Tap(model, select_modules(model, modules), StatsAccumulator(), track=True)
-    params = list(dict((id(p), (n, p)) for n, p in model.named_parameters()).values())
+    params = list(dict((id(p), (n, p)) for n, p in model.named_parameters() if p.is_floating_point()).values())
     leaves = [t for _, t in walk(inputs) if t.requires_grad and t.is_leaf]
     notes, loss = [], None
     with preserved(model, params=True, leaves=leaves), tap, torch.inference_mode(False), \
