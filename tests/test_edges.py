@@ -129,6 +129,16 @@ def quiet(fn: Callable[[], Any]) -> Any:
         return fn()
 
 
+def cli(*argv: str) -> tuple[int, str]:
+    """(exit code, stderr) of the command line; 2 is bad usage, 3 would be an internal error."""
+    import io
+
+    from initscope.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    return main(list(argv), out, err, width=100, color=False, tty=False), err.getvalue()
+
+
 def recorded(model: nn.Module, batches: list[torch.Tensor]) -> I.Recorder:
     with I.Recorder(model) as rec:
         for x in batches:
@@ -314,6 +324,15 @@ ROWS = [
     Row("udl seeds=[]", lambda _: X.udl(seeds=[]), raises(E.ArgumentError, "seeds must be a non-empty list")),
     Row("he2015 depths=[]", lambda _: X.he2015(depths=[]), raises(E.ArgumentError, "depths must be a non-empty list")),
     Row("width seeds=[]", lambda _: X.width(seeds=[]), raises(E.ArgumentError, "seeds must be a non-empty list")),
+    Row("zoo.build seed='x'", lambda _: I.zoo.build("mlp", depth=2, width=4, seed="x"),
+        raises(E.ArgumentError, "seed must be a whole number")),
+    # ------------------------------------------------------------ command line: exit 2 and the message, never 3
+    Row("cli gain --param nan", lambda _: cli("gain", "leaky_relu", "--param", "nan"),
+        works("exit 2, names the slope", lambda r, _: r[0] == 2 and "negative slope" in r[1])),
+    Row("cli zoo seed=x", lambda _: cli("init", "zoo:mlp?depth=2&width=4&seed=x"),
+        works("exit 2, names seed", lambda r, _: r[0] == 2 and "seed must be a whole number" in r[1])),
+    Row("cli zero-sample --input-shape", lambda _: cli("probe", "zoo:mlp?depth=2&width=4", "--input-shape", "0,4"),
+        works("exit 2, asks for positive sizes", lambda r, _: r[0] == 2 and "positive whole numbers" in r[1])),
     Row("low_precision tolerance=nan", lambda _: X.low_precision(tolerance=NAN), raises(E.ArgumentError, "tolerance must be")),
 ]
 
