@@ -139,6 +139,13 @@ def cli(*argv: str) -> tuple[int, str]:
     return main(list(argv), out, err, width=100, color=False, tty=False), err.getvalue()
 
 
+def watched_forward(model: nn.Module, x: torch.Tensor) -> I.Recorder:
+    with I.Recorder(model) as rec:
+        model(x)
+        rec.step()
+    return rec
+
+
 def recorded(model: nn.Module, batches: list[torch.Tensor]) -> I.Recorder:
     with I.Recorder(model) as rec:
         for x in batches:
@@ -213,6 +220,8 @@ ROWS = [
     Row("gain unknown name", lambda _: I.gain("swish2"), raises(E.UnknownActivationError, "unknown nonlinearity 'swish2'")),
     Row("gain of a zero function", lambda _: I.gain(lambda x: 0 * x),
         raises(E.ActivationError, "E[phi(z)^2] under N(0, 1) is 0")),
+    Row("moments kinks=[nan]", lambda _: I.moments(lambda x: x.relu(), kinks=[NAN]),
+        raises(E.ArgumentError, "kinks[...] must be a finite number; got nan")),
     Row("gain leaky_relu a=-1 (|x|)", lambda _: I.gain("leaky_relu", param=-1.0),
         works("gain 1: E[|z|^2] = 1", lambda g, _: abs(g - 1.0) < 1e-12)),
     # ------------------------------------------------------------ fans
@@ -308,6 +317,8 @@ ROWS = [
     Row("Recorder a string", lambda _: I.Recorder("m"), raises(E.ModelError, "Recorder needs a torch.nn.Module")),
     Row("Recorder every=0", lambda m: I.Recorder(m, every=0), raises(E.ArgumentError, "every must be a whole number >= 1"), model=mlp),
     Row("Recorder every=True", lambda m: I.Recorder(m, every=True), raises(E.ArgumentError, "got True"), model=mlp),
+    Row("Recorder no parameters", lambda m: watched_forward(m, X4),
+        works("records the layer's forward", lambda r, _: r.trace.layers[0].forward.count == 64), model=nn.Tanh),
     Row("Recorder int parameter", lambda m: recorded(m, [X4]),
         works("records the float parameters", lambda r, _: r.trace.layers[0].forward.count == 64),
         model=lambda: ExtraParam(torch.long), writes=True),  # writes: the loop's own backward fills .grad

@@ -204,7 +204,8 @@ def resolve(
             f"cannot use {activation!r} ({type(activation).__name__}) as an activation; pass a "
             f"name ({_known_names()}), an nn.Module, or a callable on tensors")
     name = getattr(activation, "__name__", None) or type(activation).__name__
-    return Activation(name, activation, tuple(float(k) for k in (kinks if kinks is not None else (0.0,))))
+    return Activation(name, activation, tuple(check.real(k, "kinks[...]", fix="kinks are the x positions of the "
+                                                     "activation's corners") for k in (kinks if kinks is not None else (0.0,))))
 
 
 def activation_module(name: str, param: float | None = None) -> nn.Module:
