@@ -162,6 +162,9 @@ def variance_scaling_(
 
     Raises:
         ShapeError: fewer than 2 dimensions. UnknownOptionError: a bad mode or distribution.
+        ArgumentTypeError: not a real floating tensor (every function here). ArgumentError: a
+            non-finite or out-of-range number (scale, fans, gain, a, std). ActivationError: an
+            activation with E[phi(z)^2] = 0, which no gain can make up for.
 
     Examples:
         >>> w = variance_scaling_(torch.empty(256, 512), 2.0, "fan_in", "truncated_normal",

@@ -279,10 +279,13 @@ def probe(model: nn.Module, inputs: Any, *, loss_fn: Callable | None = None, tar
         modules: which layers to watch; see :func:`select_modules`.
 
     Returns:
-        A :class:`Trace`. Integer and bool outputs are listed with a note and not measured.
+        A :class:`Trace`. Integer and bool outputs are listed with a note and not measured;
+        integer, bool and complex parameters are left out.
 
     Raises:
         ModelError: ``model`` is not a module, has lazy parameters, or the selection is empty.
+        ArgumentTypeError: ``inputs`` hold no tensor, or a numpy array.
+        ShapeError: the first input tensor has zero elements (a batch of zero samples measures nothing).
         LossError: a target without ``loss_fn``, a failing ``loss_fn``, or a non-scalar loss.
         ForwardError: the model raised; names the layer that was running and those completed.
     """
