@@ -241,32 +241,27 @@ def test_entry_points_raise_only_typed_errors_and_keep_the_model(spec: Spec) -> 
 # ================================================================ property 2: theory beside measurement
 #: The band. With N(0, 1) input, zero biases and the plan's gains, E[f^2] of every weight layer's
 #: output is 1 in the infinite-width limit. At finite width it is a product of per-layer random
-#: factors, so log E[f^2] drifts like a random walk: per layer, its variance is kappa / n, n the
-#: layer's units (channels for a conv). Two sources set kappa: the shared mean of the producer's
-#: outputs gives each unit a random offset w_i . E[h], whose share of E[f_i^2] is
-#: rho = E[phi]^2 / E[phi^2] (relu 0.32, sigmoid 0.85, tanh 0), so the mean over n units has
-#: relative variance ~2 rho^2 / n; and the chi-square spread of each row's norm and the batch's
-#: own sampling add ~0.12 / n at a batch of 64 (both measured on a Linear-act-Linear at n = 48,
-#: 150 seeds: kappa 0.11 for identity, 0.36 relu, 1.8 sigmoid, against 0.12, 0.32, 1.6 here).
-#: After d weight layers (counted in execution order: an upper bound on the path), the band is
-#: |log E[f^2]| <= Z sqrt(d kappa / n + 2 / (B n_0)), the last term the input batch's own error;
-#: Z = 4.5 leaves ~1e-5 of false alarms per checked layer.
-Z = 4.5
+#: factors, so log E[f^2] drifts like a random walk whose variance grows by about kappa / n per
+#: layer, n the layer's units (channels for a conv). Sources: each unit's random offset
+#: w_i . E[h] from the producer's mean (its share of E[f_i^2] is E[phi]^2 / E[phi^2]: relu 0.32,
+#: sigmoid 0.85, tanh 0); the chi-square spread of each row's norm; the per-sample norm
+#: fluctuation of ReLU-like nets (5/n per layer, Hanin & Nica 2019), which the batch average
+#: removes only partly, as the batch's inputs grow correlated with depth. Measured here on
+#: 4-layer chains at n = 48, batch 64, 120 seeds each: kappa = Var[log E[f^2]] n / 4 is 1.21 relu,
+#: 0.98 gelu and leaky_relu, 0.79 silu, 0.66 sigmoid, 0.19 elu, 0.16 identity, 0.10 selu, 0.05 tanh.
+#: We take KAPPA = 1.5 for all. After d weight layers (counted in execution order: an upper bound
+#: on the path length) the band is |log E[f^2]| <= Z sqrt(d KAPPA / n + 2 / (B n_0)), the last
+#: term the input batch's own sampling error; Z = 4.5. Widths 96-128 keep it tight enough to catch
+#: a gated block at gain 1 (E[f^2] ~0.3-0.4: see the gated test below).
+KAPPA, Z = 1.5, 4.5
 #: plan reasons that explain a layer out of the band: an op without a moment rule before it.
 EXPLAINED = ("unknown moments",)
-
-
-def kappa(spec: Spec) -> float:
-    """Per-layer variance of log E[f^2], times the width, for the spec's activations."""
-    acts = [spec.act] + (["tanh"] if spec.family == "concat" else [])
-    rho = [I.moments(ACTS[a]()).mean ** 2 / I.moments(ACTS[a]()).second for a in acts]
-    return 0.12 + 2 * max(rho) ** 2
 
 
 def band(spec: Spec, depth: int, x: torch.Tensor) -> tuple[float, float]:
     """The band for the ``depth``-th weight layer of a model built from ``spec``."""
     units = spec.width // 2 if spec.family == "concat" else spec.width  # the narrowest layer
-    half = Z * math.sqrt(depth * kappa(spec) / units + 2 / x.numel())
+    half = Z * math.sqrt(depth * KAPPA / units + 2 / x.numel())
     return math.exp(-half), math.exp(half)
 
 
@@ -294,7 +289,7 @@ def band_violations(spec: Spec, model: nn.Module, x: torch.Tensor,
 
 
 def band_spec() -> st.SearchStrategy[Spec]:
-    return specs(BAND_FAMILIES, widths=(48, 64), batch=(64, 64), norm=False)
+    return specs(BAND_FAMILIES, widths=(96, 128), batch=(64, 64), norm=False)
 
 
 @given(spec=band_spec())
@@ -307,17 +302,17 @@ def test_initialize_keeps_second_moments_in_band(spec: Spec) -> None:
 
 def test_band_property_can_fail_on_a_wrong_plan() -> None:
     """A ReLU MLP planned as if it were linear (gain 1 instead of sqrt 2): E[f^2] halves per layer."""
-    spec = Spec("mlp", depth=3, width=48, act="relu", batch=64, train=False, seed=3)
+    spec = Spec("mlp", depth=3, width=128, act="relu", batch=64, train=False, seed=3)
     model, x = build(spec, band=True)
     plan = I.initialize(model, "kaiming", example_input=x, nonlinearity="identity")
     found = {layer: m for layer, m, _ in band_violations(spec, model, x, plan)}
-    assert set(found) == {"2", "4", "6"}
-    assert found["6"] < found["4"] < found["2"] < 0.7  # 1/8, 1/4, 1/2 in expectation
+    assert {"4", "6"} <= set(found) <= {"2", "4", "6"}  # layer 2 (1/2 in expectation) sits at the band's edge
+    assert found["6"] < found["4"] < 0.5  # 1/8 and 1/4 in expectation
 
 
 def test_band_property_can_fail_on_a_tampered_layer() -> None:
     """One layer's weights doubled after initialize: that layer and the rest read 4x."""
-    spec = Spec("cnn", depth=2, width=48, act="tanh", batch=64, train=False, seed=5)
+    spec = Spec("cnn", depth=2, width=96, act="tanh", batch=64, train=False, seed=5)
     model, x = build(spec, band=True)
     plan = I.initialize(model, "kaiming", example_input=x)
     assert band_violations(spec, model, x, plan) == []
@@ -331,7 +326,7 @@ def test_gated_blocks_at_gain_1_fall_out_of_band_and_the_plan_says_why(family: s
     """value * sigmoid(gate) has E ~ 0.29 E[value^2], silu(value) * gate ~ 0.36: at gain 1 the band
     catches both, so the property passes only because the plan row names the op without a rule
     (or, with a moment rule for products, because the gain is no longer 1)."""
-    spec = Spec(family, depth=1, width=48, act="relu", batch=64, train=False, seed=7)
+    spec = Spec(family, depth=1, width=128, act="relu", batch=64, train=False, seed=7)
     model, x = build(spec, band=True)
     plan = I.initialize(model, "kaiming", example_input=x)
     depth, (layer, m) = next((d, lm) for d, lm in enumerate(second_moments(model, x), 1) if lm[0] == "0.out")
@@ -352,22 +347,14 @@ def _violations(spec: Spec, model: nn.Module, x: torch.Tensor) -> list:
                                        "after ReLU it raises E[f^2] ~3x and the plan row does not say so")
 def test_gap_max_pooling() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 48, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(48, 48, 3))
-    spec = Spec("cnn", depth=1, width=48, act="relu", batch=64, train=False, seed=0)
+    model = nn.Sequential(nn.Conv2d(3, 128, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(128, 128, 3))
+    spec = Spec("cnn", depth=1, width=128, act="relu", batch=64, train=False, seed=0)
     assert _violations(spec, model, torch.randn(64, 3, 12, 12)) == []
 
 
 @pytest.mark.xfail(strict=True, reason="known gap: a Linear after an LSTM gets gain 1 ('producer is a "
                                        "layer'), but o * tanh(c) has E[h^2] ~0.05, and the row does not say so")
 def test_gap_recurrent_output() -> None:
-    spec = Spec("rnn", depth=1, width=48, act="identity", batch=64, train=False, seed=0)
-    model, x = build(spec, band=True)
-    assert _violations(spec, model, x) == []
-
-
-@pytest.mark.xfail(strict=True, reason="known gap: x + f(x) doubles E[x^2] (scale_depth gives factor 1 for "
-                                       "one branch); the next layer's row says 'raw data or a layer: gain 1'")
-def test_gap_residual_sum() -> None:
-    spec = Spec("residual", depth=1, width=48, act="relu", batch=64, train=False, seed=0)
+    spec = Spec("rnn", depth=1, width=128, act="identity", batch=64, train=False, seed=0)
     model, x = build(spec, band=True)
     assert _violations(spec, model, x) == []
