@@ -40,7 +40,7 @@ from torch.nn.parameter import is_lazy
 
 from initscope import _validate as check
 from initscope.diagnose import Finding, diagnose_run
-from initscope.errors import ArgumentError, ModelError
+from initscope.errors import ArgumentError
 from initscope.probe import LayerRecord, ModuleSelection, OutputRecord, ParamRecord, Tap, Trace, select_modules
 from initscope.stats import FORMATS, Stats, StatsAccumulator
 
