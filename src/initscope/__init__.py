@@ -15,6 +15,7 @@ from initscope.errors import (
     ActivationError,
     DiscoveryWarning,
     ArgumentError,
+    ArgumentTypeError,
     ForwardError,
     InitscopeError,
     LayerError,
@@ -68,5 +69,6 @@ __all__ = [
     "critical_sigma_w2", "finite_width_band", "Band", "experiments",
     # errors
     "InitscopeError", "UnknownActivationError", "ActivationError", "UnknownOptionError", "ArgumentError",
+    "ArgumentTypeError",
     "ShapeError", "LayerError", "ModelError", "ForwardError", "LossError", "DiscoveryWarning",
 ]

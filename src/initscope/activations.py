@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from initscope import _validate as check
 from initscope.errors import UnknownActivationError
 
 __all__ = ["Activation", "ActivationSpec", "ACTIVATIONS", "ALIASES", "resolve", "activation_module"]
@@ -151,7 +152,7 @@ def _from_name(name: str, param: float | None) -> Activation:
         raise UnknownActivationError(
             f"unknown nonlinearity {name!r}; known: {_known_names()}; or pass an nn.Module or a "
             "callable on tensors, e.g. lambda x: torch.relu(x) - 0.5")
-    act = ACTIVATIONS[key].build(key, param)
+    act = ACTIVATIONS[key].build(key, check.activation_param(key, param))
     alias = name.strip().lower()
     if key == "identity" and alias in ALIASES:  # keep torch's own spelling for calculate_gain
         return Activation(**{**act.__dict__, "torch_name": "linear" if alias in ("none",) else alias})
@@ -203,7 +204,8 @@ def resolve(
             f"cannot use {activation!r} ({type(activation).__name__}) as an activation; pass a "
             f"name ({_known_names()}), an nn.Module, or a callable on tensors")
     name = getattr(activation, "__name__", None) or type(activation).__name__
-    return Activation(name, activation, tuple(float(k) for k in (kinks if kinks is not None else (0.0,))))
+    return Activation(name, activation, tuple(check.real(k, "kinks[...]", fix="kinks are the x positions of the "
+                                                     "activation's corners") for k in (kinks if kinks is not None else (0.0,))))
 
 
 def activation_module(name: str, param: float | None = None) -> nn.Module:

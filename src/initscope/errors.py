@@ -14,6 +14,7 @@ __all__ = [
     "ActivationError",
     "UnknownOptionError",
     "ArgumentError",
+    "ArgumentTypeError",
     "ShapeError",
     "LayerError",
     "ModelError",
@@ -42,6 +43,11 @@ class UnknownOptionError(InitscopeError, ValueError):
 
 class ArgumentError(InitscopeError, ValueError):
     """A numeric argument outside its valid range (a negative variance, a zero width, ...)."""
+
+
+class ArgumentTypeError(InitscopeError, TypeError):
+    """An argument of the wrong type or dtype (a list where a tensor is needed, an integer tensor
+    where a floating one is, a string where a number is)."""
 
 
 class ShapeError(InitscopeError, ValueError):

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
+from initscope import _validate as check
 from initscope.errors import LayerError, ShapeError, UnknownOptionError, choices_message
 
 __all__ = ["FanMode", "FanBlock", "Fan", "tensor_fans", "fan", "fan_value"]
@@ -133,7 +134,7 @@ def tensor_fans(shape_or_tensor: torch.Tensor | Sequence[int]) -> tuple[float, f
         (72.0, 144.0)
     """
     is_tensor = isinstance(shape_or_tensor, torch.Tensor)
-    shape = tuple(shape_or_tensor.shape if is_tensor else shape_or_tensor)
+    shape = tuple(shape_or_tensor.shape if is_tensor else check.shape(shape_or_tensor))
     if len(shape) < 2:
         raise ShapeError(
             f"fans need a tensor with at least 2 dimensions, got shape {shape}; "
@@ -452,6 +453,7 @@ def fan(module: nn.Module, param: str = "weight") -> Fan:
         >>> [(b.name, b.rows, b.fan_in) for b in fan(nn.GRU(5, 8), "weight_ih_l0").blocks]
         [('r', slice(0, 8, None), 5.0), ('z', slice(8, 16, None), 5.0), ('n', slice(16, 24, None), 5.0)]
     """
+    check.module(module, "fan")
     owner, param, shape = _parameter(module, param)
     rule = _rule(owner)
     found = rule(owner, param, shape) if rule else None

@@ -27,7 +27,8 @@ from typing import Literal
 
 import torch
 
-from initscope.errors import ShapeError, UnknownOptionError, choices_message
+from initscope import _validate as check
+from initscope.errors import ArgumentTypeError, ShapeError, UnknownOptionError, choices_message
 from initscope.fans import tensor_fans
 from initscope.moments import ActivationLike, moments, torch_gain
 
@@ -77,8 +78,8 @@ def gains(nonlinearity: ActivationLike | None, mode: Mode = "fan_in", *, param: 
         return g, g
     backward = mode != "fan_in"
     m = moments(nonlinearity, param=param, derivative=backward)
-    return (m.forward_gain if mode != "fan_out" else math.nan,
-            m.backward_gain if backward else math.nan)
+    return (check.finite_gain(m.forward_gain, nonlinearity, "forward") if mode != "fan_out" else math.nan,
+            check.finite_gain(m.backward_gain, nonlinearity, "backward") if backward else math.nan)
 
 
 def scaled_std(fan_in: float, fan_out: float, mode: Mode, forward_gain: float, backward_gain: float) -> float:
@@ -106,6 +107,7 @@ def scaled_std(fan_in: float, fan_out: float, mode: Mode, forward_gain: float, b
 
 def _fans(tensor: torch.Tensor, what: str) -> tuple[float, float] | None:
     """Fans of a tensor for a fan-based scheme; None for a zero-size tensor (a no-op)."""
+    check.floating_tensor(tensor)
     if tensor.dim() < 2:
         raise ShapeError(
             f"{what} needs a tensor with at least 2 dimensions (out, in, ...); got shape "
@@ -116,6 +118,7 @@ def _fans(tensor: torch.Tensor, what: str) -> tuple[float, float] | None:
 
 def _fill(tensor: torch.Tensor, std: float, distribution: str, generator: torch.Generator | None) -> torch.Tensor:
     """Write values of the given std in place (bounds sqrt(3) std for uniform)."""
+    check.generator(generator)
     if tensor.numel() == 0 or tensor.is_meta:
         return tensor
     with torch.no_grad():
@@ -159,6 +162,9 @@ def variance_scaling_(
 
     Raises:
         ShapeError: fewer than 2 dimensions. UnknownOptionError: a bad mode or distribution.
+        ArgumentTypeError: not a real floating tensor (every function here). ArgumentError: a
+            non-finite or out-of-range number (scale, fans, gain, a, std). ActivationError: an
+            activation with E[phi(z)^2] = 0, which no gain can make up for.
 
     Examples:
         >>> w = variance_scaling_(torch.empty(256, 512), 2.0, "fan_in", "truncated_normal",
@@ -167,17 +173,25 @@ def variance_scaling_(
         True
     """
     _check(mode, distribution)
+    scale = check.real(scale, "scale", low=0.0, strict=True, fix="it multiplies the variance; 1.0 keeps it")
     shape_fans = _fans(tensor, "variance_scaling_")
     if shape_fans is None:
         return tensor
-    fan_in, fan_out = fans or shape_fans
+    fan_in, fan_out = _given_fans(fans) if fans is not None else shape_fans
     g_f, g_b = gains(nonlinearity, mode, param=param, convention=convention)
     std = math.sqrt(scale) * scaled_std(fan_in, fan_out, mode, g_f, g_b)
     return _fill(tensor, std, distribution, generator)
 
 
+def _given_fans(fans: object) -> tuple[float, float]:
+    if not isinstance(fans, (tuple, list)) or len(fans) != 2:
+        raise ArgumentTypeError(f"fans must be a pair (fan_in, fan_out); got {fans!r}")
+    return tuple(check.real(f, n, low=0.0, strict=True) for f, n in zip(fans, ("fans[0] (fan_in)", "fans[1] (fan_out)")))
+
+
 def _kaiming(tensor, a, mode, nonlinearity, generator, convention, distribution):
     _check(mode)
+    a = check.real(a, "a", fix="a is the negative slope of leaky_relu (0 for ReLU, e.g. 0.01)")
     shape_fans = _fans(tensor, f"kaiming_{distribution}_")
     if shape_fans is None:
         return tensor
@@ -211,6 +225,7 @@ def kaiming_uniform_(tensor: torch.Tensor, a: float = 0, mode: Mode = "fan_in",
 
 
 def _xavier(tensor, gain, generator, nonlinearity, convention, distribution):
+    gain = check.real(gain, "gain", low=0.0, fix="the std is gain * sqrt(2 / (fan_in + fan_out))")
     shape_fans = _fans(tensor, f"xavier_{distribution}_")
     if shape_fans is None:
         return tensor
@@ -259,6 +274,8 @@ def orthogonal_(tensor: torch.Tensor, gain: float = 1.0, generator: torch.Genera
         >>> bool(torch.allclose((w.float() @ w.float().T), torch.eye(4), atol=0.02))
         True
     """
+    gain = check.real(gain, "gain", low=0.0, fix="the matrix is scaled by gain")
+    check.floating_tensor(tensor)
     if tensor.dim() < 2:
         _fans(tensor, "orthogonal_")
     if nonlinearity is not None:
@@ -287,6 +304,7 @@ def delta_orthogonal_(tensor: torch.Tensor, gain: float = 1.0, generator: torch.
     Raises:
         ShapeError: a tensor that is not a conv kernel (out, in, k1[, k2[, k3]]).
     """
+    check.floating_tensor(tensor)
     if tensor.dim() < 3:
         raise ShapeError(
             f"delta_orthogonal_ needs a conv kernel (out, in, *kernel) with 3-5 dimensions; got shape "
@@ -307,16 +325,21 @@ def trunc_normal_(tensor: torch.Tensor, mean: float = 0.0, std: float = 1.0, a: 
     """torch's truncated normal, unchanged: N(mean, std) cut to [a, b] (absolute values).
 
     Note the std of the result is below ``std``; :func:`variance_scaling_` corrects for that."""
+    check.floating_tensor(tensor)
+    mean, std = check.real(mean, "mean"), check.real(std, "std", low=0.0, strict=True)
+    a, b = check.real(a, "a"), check.real(b, "b", low=a, strict=True, fix="the cut is [a, b] with a < b")
     return torch.nn.init.trunc_normal_(tensor, mean, std, a, b, generator=generator)
 
 
 def zeros_(tensor: torch.Tensor) -> torch.Tensor:
     """Fill with 0 in place."""
+    check.tensor(tensor)
     with torch.no_grad():
         return tensor.zero_()
 
 
 def ones_(tensor: torch.Tensor) -> torch.Tensor:
     """Fill with 1 in place."""
+    check.tensor(tensor)
     with torch.no_grad():
         return tensor.fill_(1.0)

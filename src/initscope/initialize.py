@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from initscope import _counter_init, distributed
+from initscope import _validate as check
 from initscope._planner import Planner, check_nonlinearity
 from initscope._residual import RESIDUAL, Factors, factors
 from initscope._state import gc_paused, rollback
@@ -137,6 +138,7 @@ def plan(model: nn.Module, scheme: str = "kaiming", example_input: object = None
         >>> [round(p.row(n).gain, 4) for n in ("0.weight", "2.weight")]  # raw input: 1; after ReLU: sqrt(2)
         [1.0, 1.4142]
     """
+    check.module(model, "plan")
     _check(scheme, seed, mode=mode, distribution=distribution, residual=residual, bias=bias, convention=convention)
     with gc_paused():
         return _plan(model, scheme, example_input, seed, mode, distribution, residual, bias, convention, nonlinearity)

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from initscope import _validate as check
 from initscope.errors import LayerError, ShapeError, UnknownOptionError, choices_message
 from initscope.fans import Fan, fan
 from initscope.init import (
@@ -157,6 +158,7 @@ def init_layer_(
         >>> [b.block for b in rec.blocks[:4]]
         ['i', 'f', 'g', 'o']
     """
+    check.layer_params(module, "init_layer_")
     mode, distribution, nonlinearity = _resolve(module, scheme, mode, distribution, nonlinearity)
     g = gains(nonlinearity, mode, param=param, convention=convention)
     blocks: list[BlockInit] = []

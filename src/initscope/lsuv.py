@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from initscope import distributed
+from initscope import _validate as check
 from initscope._lsuv_solve import _along, _alive, _moments, _scaled, _solve, _std_mean, _sums, _z_moments
 from initscope._select import match
 from initscope._state import call, preserved, rollback
@@ -191,9 +192,8 @@ def _check_args(target_std: float, tol: float, pre_init: str | None, max_passes:
     if pre_init not in PRE_INITS:
         raise UnknownOptionError(choices_message("pre_init", pre_init, PRE_INITS, "None keeps the current weights"))
     for arg, value in (("target_std", target_std), ("tol", tol)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ArgumentError(f"{arg} must be a finite number > 0; got {value!r}")
-    if not isinstance(max_passes, int) or max_passes < 2:
+        check.real(value, arg, low=0.0, strict=True)
+    if isinstance(max_passes, bool) or not isinstance(max_passes, int) or max_passes < 2:
         raise ArgumentError(f"max_passes must be a whole number >= 2 (a correcting pass and a verification "
                             f"pass); got {max_passes!r}")
 
@@ -359,6 +359,7 @@ def lsuv(model: nn.Module, batch: Any, *, target_std: float = 1.0, center: bool 
         >>> round(model[:3](x).std().item(), 4)  # the second Linear's output
         1.0
     """
+    check.module(model, "lsuv")
     _check_args(target_std, tol, pre_init, max_passes)
     _check_batch(batch)
     slots = _select(model, layers)

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from initscope._validate import finite_gain
 from initscope.activations import ACTIVATIONS, Activation, resolve
 from initscope.errors import ActivationError, ArgumentError, UnknownActivationError, UnknownOptionError
 
@@ -127,7 +128,7 @@ def moments(
         >>> round(moments(lambda x: torch.relu(x) - 0.5).mean, 6)
         -0.101058
     """
-    if not (isinstance(q, (int, float)) and math.isfinite(q) and q >= 0):
+    if isinstance(q, bool) or not (isinstance(q, (int, float)) and math.isfinite(q) and q >= 0):
         raise ArgumentError(f"q must be a finite number >= 0 (the input's second moment); got {q!r}")
     act = resolve(activation, param=param, kinks=kinks)
     if q == 0:
@@ -269,7 +270,7 @@ def gain(
     if convention == "torch":
         return torch_gain(activation, param=param)
     m = moments(activation, q, param=param, derivative=direction == "backward")
-    return m.forward_gain if direction == "forward" else m.backward_gain
+    return finite_gain(m.forward_gain if direction == "forward" else m.backward_gain, activation, direction)
 
 
 def torch_gain(activation: ActivationLike, *, param: float | None = None) -> float:

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from initscope import distributed
+from initscope import _validate as check
 from initscope._select import ModuleSelection, select_modules
 from initscope._state import call, main_output, map_tensors, preserved
 from initscope.errors import ForwardError, LossError, ModelError
@@ -286,15 +287,18 @@ def probe(model: nn.Module, inputs: Any, *, loss_fn: Callable | None = None, tar
         modules: which layers to watch; see :func:`select_modules`.
 
     Returns:
-        A :class:`Trace`. Integer and bool outputs are listed with a note and not measured.
+        A :class:`Trace`. Integer and bool outputs are listed with a note and not measured;
+        integer, bool and complex parameters are left out.
 
     Raises:
         ModelError: ``model`` is not a module, has lazy parameters, or the selection is empty.
+        ArgumentTypeError: ``inputs`` hold no tensor, or a numpy array.
+        ShapeError: the first input tensor has zero elements (a batch of zero samples measures nothing).
         LossError: a target without ``loss_fn``, a failing ``loss_fn``, or a non-scalar loss.
         ForwardError: the model raised; names the layer that was running and those completed.
     """
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"probe needs a torch.nn.Module, got {type(model).__name__}")
+    check.module(model, "probe")
+    check.batch(inputs, "probe")
     if target is not None and loss_fn is None:
         raise LossError("a target was given without a loss_fn to use it; pass loss_fn=, "
                         "e.g. torch.nn.functional.cross_entropy")
@@ -303,7 +307,7 @@ def probe(model: nn.Module, inputs: Any, *, loss_fn: Callable | None = None, tar
         raise ModelError(f"parameters {', '.join(lazy[:4])} are not initialized yet (lazy modules), and "
                          "probe would have to create them; run one forward pass before probing")
     tap = Tap(model, select_modules(model, modules), StatsAccumulator(), track=True)
-    params = list(dict((id(p), (n, p)) for n, p in model.named_parameters()).values())
+    params = list(dict((id(p), (n, p)) for n, p in model.named_parameters() if p.is_floating_point()).values())
     leaves = [t for _, t in walk(inputs) if t.requires_grad and t.is_leaf]
     notes, loss = [], None
     reducer = distributed.Reducer("probe") if distributed.active() else None

@@ -39,8 +39,9 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from initscope import distributed
+from initscope import _validate as check
 from initscope.diagnose import Finding, diagnose_run
-from initscope.errors import ArgumentError, ModelError
+from initscope.errors import ArgumentError
 from initscope.probe import LayerRecord, ModuleSelection, OutputRecord, ParamRecord, Tap, Trace, select_modules
 from initscope.stats import FORMATS, Stats, StatsAccumulator
 
@@ -89,14 +90,14 @@ class Recorder:
 
     def __init__(self, model: nn.Module, every: int = 1, *, modules: ModuleSelection = None,
                  max_rows: int = 200_000) -> None:
-        if not isinstance(model, nn.Module):
-            raise ModelError(f"Recorder needs a torch.nn.Module, got {type(model).__name__}")
+        check.module(model, "Recorder")
         for name, v in (("every", every), ("max_rows", max_rows)):
-            if not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ArgumentError(f"{name} must be a whole number >= 1; got {v!r}")
         self.model, self.every, self.max_rows = model, every, max_rows
         self.watched = select_modules(model, modules)
-        self._params = list(dict((id(p), (n, p)) for n, p in model.named_parameters() if not is_lazy(p)).values())
+        self._params = list(dict((id(p), (n, p)) for n, p in model.named_parameters()
+                                 if not is_lazy(p) and p.is_floating_point()).values())
         self._step = 0
         self._tap: Tap | None = None
         self._acc = StatsAccumulator()

@@ -30,7 +30,7 @@ def _act(activation: str | Callable[[], nn.Module]) -> nn.Module:
 
 def _positive(**values: int) -> None:
     for name, value in values.items():
-        if not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ArgumentError(f"{name} must be a whole number >= 1; got {value!r}")
 
 
@@ -241,6 +241,8 @@ def build(name: str, *, batch: int = 4, seed: int = 0, size: int | None = None,
     if name not in MODELS:
         raise UnknownOptionError(choices_message("zoo model", name, MODELS, "see initscope.zoo"))
     _positive(batch=batch, **({"size": size} if size is not None else {}))
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ArgumentError(f"seed must be a whole number (it seeds the model and the input); got {seed!r}")
     factory, shape = MODELS[name]
     # A stream of its own: seeding the input's generator with ``seed`` itself would replay the
     # global stream the weights were drawn from, and correlate the input with the first layer.

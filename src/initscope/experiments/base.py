@@ -93,10 +93,19 @@ def check_count(value: int, name: str, low: int = 1) -> int:
     return int(value)
 
 
+def check_nonempty(values: Sequence, name: str) -> list:
+    """A non-empty list (any sequence or iterable but a string), or an ArgumentError naming it."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__") or not list(values):
+        raise ArgumentError(f"{name} must be a non-empty list; got {values!r}")
+    return list(values)
+
+
 def check_positive(values: Sequence[float], name: str) -> tuple[float, ...]:
     """A non-empty list of finite numbers > 0, or an ArgumentError naming it."""
-    out = tuple(float(v) for v in values)
-    if not out or not all(math.isfinite(v) and v > 0 for v in out):
+    numbers = check_nonempty(values, name)
+    out = tuple(float(v) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else math.nan
+                for v in numbers)
+    if not all(math.isfinite(v) and v > 0 for v in out):
         raise ArgumentError(f"{name} must be a non-empty list of finite numbers > 0; got {list(values)!r}")
     return out
 

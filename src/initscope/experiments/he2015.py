@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from initscope import zoo
 from initscope.errors import UnknownOptionError, choices_message
-from initscope.experiments.base import ProgressLike, Result, check_count, check_positive, figure, jsonable, progress_steps
+from initscope.experiments.base import ProgressLike, Result, check_count, check_nonempty, check_positive, figure, jsonable, progress_steps
 
 __all__ = ["he2015", "He2015Result", "INITS", "digits", "add_arguments"]
 
@@ -207,7 +207,7 @@ def he2015(*, depths: Sequence[int] = (22, 30), inits: Sequence[str] = INITS, st
     for scheme in inits:
         if scheme not in INITS:
             raise UnknownOptionError(choices_message("init", scheme, INITS))
-    depths = [check_count(d, "depths", 2) for d in depths]
+    depths = [check_count(d, "depths", 2) for d in check_nonempty(depths, "depths")]
     steps, batch, channels = check_count(steps, "steps"), check_count(batch, "batch"), check_count(channels, "channels")
     (lr,) = check_positive([lr], "lr")
     threads = None if threads is None else check_count(threads, "threads")

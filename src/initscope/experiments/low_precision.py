@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from initscope import zoo
+from initscope._validate import real
 from initscope.experiments.base import ProgressLike, Result, check_count, check_positive, figure, jsonable, progress_steps
 from initscope.probe import probe
 from initscope.theory import propagate
@@ -200,6 +201,7 @@ def low_precision(*, depth: int = 50, width: int = 100, batch: int = 64,
     """
     depth, width, batch = check_count(depth, "depth"), check_count(width, "width"), check_count(batch, "batch")
     scales = np.array(check_positive(scales, "scales"))
+    tolerance = real(tolerance, "tolerance", low=0.0, high=1.0, fix="it is a fraction of values flushed to 0")
     gen = torch.Generator().manual_seed(seed)
     widths = [width] * (depth + 1)
     x = torch.randn(batch, width, generator=gen, dtype=torch.float64)

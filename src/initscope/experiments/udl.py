@@ -27,7 +27,7 @@ import torch
 
 from initscope.activations import resolve
 from initscope.errors import UnknownOptionError, choices_message
-from initscope.experiments.base import ProgressLike, Result, check_count, check_positive, figure, jsonable, progress_steps
+from initscope.experiments.base import ProgressLike, Result, check_count, check_nonempty, check_positive, figure, jsonable, progress_steps
 from initscope.moments import ActivationLike
 from initscope.theory import Band, finite_width_band, propagate
 
@@ -223,7 +223,7 @@ def udl(*, depth: int = 50, width: int = 100, variances: Sequence[float] = (0.00
         raise UnknownOptionError(choices_message("dtype", dtype, DTYPES, "float64 holds the textbook's range"))
     depth, width, batch = check_count(depth, "depth"), check_count(width, "width"), check_count(batch, "batch")
     n0 = check_count(in_features or width, "in_features")
-    variances, seeds = check_positive(variances, "variances"), [int(s) for s in seeds]
+    variances, seeds = check_positive(variances, "variances"), [int(s) for s in check_nonempty(seeds, "seeds")]
     act, kind = resolve(activation), DTYPES[dtype]
     widths = [n0] + [width] * depth
     fwd, bwd = [], []

@@ -30,7 +30,7 @@ import torch
 
 from initscope import init
 from initscope.errors import UnknownOptionError, choices_message
-from initscope.experiments.base import ProgressLike, Result, check_count, check_positive, figure, jsonable, progress_steps
+from initscope.experiments.base import ProgressLike, Result, check_count, check_nonempty, check_positive, figure, jsonable, progress_steps
 from initscope.theory import propagate
 
 __all__ = ["width", "WidthResult", "SCHEMES", "add_arguments"]
@@ -200,7 +200,8 @@ def width(*, widths: Sequence[int] = (64, 128, 256, 512, 1024, 2048, 4096), sche
     """
     if scheme not in SCHEMES:
         raise UnknownOptionError(choices_message("scheme", scheme, SCHEMES))
-    sizes = [check_count(n, "widths") for n in widths]
+    sizes = [check_count(n, "widths") for n in check_nonempty(widths, "widths")]
+    seeds = [int(s) for s in check_nonempty(seeds, "seeds")]
     depth, steps, batch = check_count(depth, "depth"), check_count(steps, "steps", 0), check_count(batch, "batch")
     in_features, base_width = check_count(in_features, "in_features"), check_count(base_width, "base_width")
     out_features = check_count(out_features, "out_features")
