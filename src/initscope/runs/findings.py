@@ -109,10 +109,7 @@ def _largest_change(steps: np.ndarray, v: np.ndarray, window: int) -> tuple[floa
 def _changes(run: Run, th: RunThresholds) -> list[tuple[int, Finding]]:
     out = []
     for name in run.layers("grad"):
-        steps, std = run.series(name, "grad", "std")
-        _, mean = run.series(name, "grad", "mean")
-        count = run.count[(run.layer == name) & (run.phase == "grad")]
-        out += _change(name, "gradient norm of", steps, np.sqrt(count * (std**2 + mean**2)), th, grow_only=True)
+        out += _change(name, "gradient norm of", *run.norm(name, "grad"), th, grow_only=True)
     for layer in run.layers("forward"):
         steps, std = run.series(layer, "forward", "std")
         out += _change(layer, "activation std of layer", steps, std, th)

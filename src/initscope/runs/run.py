@@ -24,6 +24,7 @@ Columns of :meth:`Run.to_pandas` (one row per recorded step, layer and phase):
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -102,16 +103,28 @@ class Run:
         """The recorded step numbers, ascending."""
         return np.unique(self.step)
 
+    @functools.cached_property
+    def _index(self) -> dict[tuple[str, str], np.ndarray]:
+        """Rows of each (layer, phase), in first-appearance order (one pass over the rows)."""
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, key in enumerate(zip(self.layer.tolist(), self.phase.tolist())):
+            groups.setdefault(key, []).append(i)
+        return {k: np.array(v, np.int64) for k, v in groups.items()}
+
     def layers(self, phase: str = "forward") -> list[str]:
         """Names with rows of ``phase``, in the order they first appear (execution order)."""
-        names = self.layer[self.phase == phase]
-        _, first = np.unique(names, return_index=True)
-        return [str(names[i]) for i in sorted(first)]
+        return [layer for layer, ph in self._index if ph == phase]
 
     def series(self, layer: str, phase: str, stat: str) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of one statistic of one layer and phase."""
         rows = self._rows(layer, phase)
         return self.step[rows], self.values[rows, STAT_COLUMNS.index(stat)]
+
+    def norm(self, layer: str, phase: str = "grad") -> tuple[np.ndarray, np.ndarray]:
+        """(steps, L2 norm) of one layer and phase: sqrt(count * (std^2 + mean^2))."""
+        rows = self._rows(layer, phase)
+        std, mean = (self.values[rows, STAT_COLUMNS.index(c)] for c in ("std", "mean"))
+        return self.step[rows], np.sqrt(self.count[rows] * (std**2 + mean**2))
 
     def histograms(self, layer: str, phase: str = "forward") -> tuple[np.ndarray, np.ndarray]:
         """(steps, counts [steps, 258]) as :meth:`Recorder.histograms` gives them."""
@@ -123,8 +136,8 @@ class Run:
         return self.step[rows], out
 
     def _rows(self, layer: str, phase: str) -> np.ndarray:
-        rows = np.flatnonzero((self.layer == layer) & (self.phase == phase))
-        if not len(rows):
+        rows = self._index.get((layer, phase))
+        if rows is None:
             raise KeyError(f"no {phase} rows of {layer!r}; layers: {self.layers(phase)[:10]}")
         return rows
 
