@@ -2,7 +2,7 @@
 
 Pure rules over a :class:`~initscope.runs.run.Run` (no model, no tensor):
 
-- dead: a layer's activations went dead (``dead_frac``, else ``zero_frac``, at or above
+- dead: a layer's activations went dead (``dead_frac`` or ``zero_frac`` at or above
   ``dead``) at some step and stayed dead at every later recorded step;
 - growth and collapse: a statistic's largest change between a step and a later one within
   ``window`` recorded steps, reported when it reaches ``factor``: growth of each parameter's
@@ -49,11 +49,17 @@ class RunThresholds:
 
 
 def run_findings(run: Run, th: RunThresholds | None = None) -> list[Finding]:
-    """Every rule over ``run``, ordered by severity, then by the step where it began."""
+    """Every rule over ``run``, ordered by severity, then by the step where it began, then by
+    depth (the first layer in execution order first)."""
     th = th or RunThresholds()
     found = _nonfinite(run) + _dead(run, th) + _changes(run, th) + _underflow(run, th)
     order = {"error": 0, "warning": 1, "info": 2}
-    return [f for _, f in sorted(found, key=lambda sf: (order[sf[1].severity], sf[0]))]
+    depth = {name: i for i, name in enumerate(run.layers("forward"))}
+
+    def where(name: str | None) -> int:  # a parameter sits at its module's depth
+        return depth.get(name, depth.get((name or "").rpartition(".")[0], len(depth)))
+
+    return [f for _, f in sorted(found, key=lambda sf: (order[sf[1].severity], sf[0], where(sf[1].layer)))]
 
 
 def _first_of_tail(steps: np.ndarray, bad: np.ndarray, persist: int) -> int | None:
@@ -80,15 +86,15 @@ def _nonfinite(run: Run) -> list[tuple[int, Finding]]:
 def _dead(run: Run, th: RunThresholds) -> list[tuple[int, Finding]]:
     out = []
     for layer in run.layers("forward"):
-        steps, dead = run.series(layer, "forward", "dead_frac")
-        if np.isnan(dead).all():
-            steps, dead = run.series(layer, "forward", "zero_frac")
+        steps, units = run.series(layer, "forward", "dead_frac")
+        _, zeros = run.series(layer, "forward", "zero_frac")
+        dead = np.fmax(units, zeros)  # units zero for the whole batch, or values exactly zero
         start = _first_of_tail(steps, np.nan_to_num(dead) >= th.dead, th.persist)
         if start is None:
             continue
         when = f"at step {start} and stayed dead" if start > steps[0] else f"from the first recorded step ({start})"
         out.append((start, Finding("error", layer, "dead_trend", f"layer `{layer}`'s activations went dead {when}: "
-                                   f"{dead[-1]:.0%} zero at step {steps[-1]}",
+                                   f"{dead[-1]:.0%} of its units or values zero at step {steps[-1]}",
                                    "lower the learning rate, or use LeakyReLU/GELU; " + _INIT)))
     return out
 
