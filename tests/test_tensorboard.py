@@ -12,9 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from initscope.runs import TensorBoardSink  # noqa: E402
 from initscope.runs.tensorboard import SCALARS, hist_edges  # noqa: E402
 
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.filterwarnings("ignore::DeprecationWarning:tensorboard"),
-              pytest.mark.filterwarnings("ignore::DeprecationWarning:google.protobuf")]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _record(sink, steps=7, every=3):
@@ -67,12 +65,15 @@ def test_histograms_hold_the_recorders_counts(tmp_path):
             assert {k: c for k, c in got.items() if c} == want
 
 
-def test_a_writer_passed_in_stays_open(tmp_path):
+def test_a_writer_passed_in_gives_its_directory_and_stays_usable(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(log_dir=str(tmp_path))
-    _record(TensorBoardSink(writer, histograms=False), steps=2, every=1)
+    rec = _record(TensorBoardSink(writer, histograms=False), steps=2, every=1)
     writer.add_scalar("mine", 1.5, 0)  # still usable after the Recorder closed the sink
     writer.close()
     acc = _events(tmp_path)
     assert "mine" in acc.Tags()["scalars"] and acc.Tags()["histograms"] == []
+    assert [e.step for e in acc.Scalars("forward_std/0")] == [0, 1]
+    assert acc.Scalars("forward_std/0")[1].value == np.float32(
+        next(r.value for r in rec.history if (r.step, r.layer, r.phase, r.stat) == (1, "0", "forward", "std")))
