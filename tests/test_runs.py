@@ -176,3 +176,18 @@ def test_without_pyarrow_or_pandas_the_error_says_how_to_install(tmp_path, monke
     with pytest.raises(MissingDependencyError, match=r"'pandas'.*pip install initscope\[runs\]"):
         rec.to_pandas()
     assert isinstance(rec.to_run(), Run)  # the Run itself needs neither
+
+
+def test_the_report_command(tmp_path):
+    import io
+
+    from initscope.cli import main
+
+    path, _ = _damaged(tmp_path)
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["report", str(path), "-o", str(tmp_path / "r.html")], out=out, err=err) == 0
+    assert (tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
+    assert out.getvalue().startswith("Run(6 recorded steps, steps 0..5, 5 layers,") and "report written to" in out.getvalue()
+    assert main(["report", str(tmp_path / "nope"), "-o", str(tmp_path / "r.html")], out=out, err=err) == 2
+    assert err.getvalue() == (f"initscope: error: run file '{tmp_path / 'nope'}' does not exist; write one with "
+                              "Recorder.save(path) or a RunWriter sink\n")
