@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore", DeprecationWarning)  # tensorboard's protobuf use
     _instrument()
+    import pyarrow.parquet  # noqa: F401 - the first part would otherwise pay this one-time import
+    import tensorboard.summary.writer.event_file_writer  # noqa: F401
     print(f"torch {torch.__version__}, CPU, {torch.get_num_threads()} threads; median over {args.blocks} blocks of "
           f"{args.steps} recorded steps per variant, alternating\n")
     print("| model | recorded step | with run file + TensorBoard sinks | wall ratio | in write() (critical path) "

@@ -10,7 +10,7 @@ pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 from initscope.runs import TensorBoardSink  # noqa: E402
-from initscope.runs.tensorboard import SCALARS, hist_edges  # noqa: E402
+from initscope.runs.tensorboard import PHASES, SCALARS, hist_edges  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,7 +37,8 @@ def _events(log_dir):
 def test_scalars_equal_the_recorders_values(tmp_path):
     rec = _record(TensorBoardSink(tmp_path))
     acc = _events(tmp_path)
-    expected = {(f"{r.phase}_{r.stat}/{r.layer}", r.step): r.value for r in rec.history if r.stat in SCALARS}
+    expected = {(f"{r.phase}_{r.stat}/{r.layer}", r.step): r.value for r in rec.history
+                if r.stat in SCALARS and r.phase in PHASES}
     got = {(tag, e.step): e.value for tag in acc.Tags()["scalars"] for e in acc.Scalars(tag)}
     assert set(got) == set(expected)
     for key, value in expected.items():

@@ -2,8 +2,9 @@
 
 Scalars, tagged ``{phase}_{stat}/{layer}`` (so TensorBoard groups one card per phase and
 statistic): ``mean``, ``std``, ``dead_frac`` (units zero for the whole batch),
-``zero_frac``, ``fp16_underflow`` and ``bf16_underflow`` of every phase where they are
-defined (NaN ones are left out). Histograms, tagged ``hist_{phase}/{layer}`` for forward
+``zero_frac``, ``fp16_underflow`` and ``bf16_underflow`` of the phases in :data:`PHASES`
+(layer outputs forward and backward, parameter gradients), where defined (NaN ones are left
+out). Parameter values change slowly and are left to the run file, which keeps every phase. Histograms, tagged ``hist_{phase}/{layer}`` for forward
 and backward: the nonzero finite values' octave histogram, with log2|x| on the x axis
 (bucket ``[e, e+1)`` holds 2^e <= |x| < 2^(e+1)); exact zeros are in ``zero_frac``.
 
@@ -26,10 +27,11 @@ from initscope.runs._deps import require
 from initscope.runs.run import STAT_COLUMNS
 from initscope.runs.sinks import Background
 
-__all__ = ["TensorBoardSink", "SCALARS", "hist_edges"]
+__all__ = ["TensorBoardSink", "SCALARS", "PHASES", "hist_edges"]
 
-#: The statistics written as scalars.
+#: The statistics written as scalars, and the phases they are written for.
 SCALARS = ("mean", "std", "dead_frac", "zero_frac", "fp16_underflow", "bf16_underflow")
+PHASES = ("forward", "backward", "grad")
 _COLS = [STAT_COLUMNS.index(s) for s in SCALARS]
 
 def hist_edges() -> np.ndarray:
@@ -73,7 +75,7 @@ class TensorBoardSink:
         ev = require("tensorboard.compat.proto.event_pb2", "the TensorBoard sink")
         values = [pb.Summary.Value(tag=f"{phase}_{stat}/{layer}", simple_value=v)
                   for (layer, phase), row in zip(st.keys, st.values[:, _COLS].tolist())
-                  for stat, v in zip(SCALARS, row) if v == v]
+                  if phase in PHASES for stat, v in zip(SCALARS, row) if v == v]
         if self.histograms:
             values += [pb.Summary.Value(tag=f"hist_{phase}/{layer}", histo=histo)
                        for (layer, phase), h in st.hists.items() if (histo := _histogram(pb, h)) is not None]
