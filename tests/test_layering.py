@@ -62,3 +62,16 @@ def test_repr_html_reaches_the_renderer_through_the_registry():
     trace = probe(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), torch.randn(8, 4))
     page = trace._repr_html_()
     assert page.startswith('<div class="initscope">') and page.count("<svg") == 4
+
+
+def test_import_initscope_loads_no_optional_package():
+    import subprocess
+    import sys
+
+    code = ("import sys, initscope, initscope.runs, initscope.integrations; "
+            "print(sorted(m for m in ('pyarrow', 'pandas', 'tensorboard', 'transformers', 'lightning', "
+            "'matplotlib', 'rich') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(SRC.parent), "PATH": "/usr/bin"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
