@@ -51,6 +51,10 @@ from initscope.theory import (
 
 __version__ = "0.1.0"
 
+# --- report renderers (issue 14): the report package registers the HTML of every result kind
+# (initscope._render); it loads only the standard library beyond what is already imported.
+from initscope import report as _report  # noqa: E402,F401
+
 __all__ = [
     "__version__",
     # math core

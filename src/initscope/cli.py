@@ -2,7 +2,8 @@
 
 Subcommands: ``gain`` (moments and gains of an activation), ``probe SPEC`` (a layer table and
 findings), ``init SPEC`` (the InitPlan), ``demo`` (the guided tour, what ``make demo`` runs),
-``experiment NAME`` (:mod:`initscope.experiments.cli`).
+``experiment NAME`` (:mod:`initscope.experiments.cli`), ``report RUN`` (the HTML report of a
+recorded run).
 
 A SPEC names a model: ``zoo:NAME[?key=value&...]`` (a built-in model, e.g.
 ``zoo:mlp?depth=50&width=100``; ``batch`` (default 32), ``seed`` and ``size`` shape its
@@ -201,6 +202,28 @@ def _demo(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+# --- `initscope report RUN` (issue 14) ---
+def _report(args: argparse.Namespace, out: TextIO) -> int:
+    from initscope.runs import Run
+
+    writable(args.o)
+    run = Run.load(args.run_path)
+    run.report(args.o, title=args.title or f"Run {Path(args.run_path).name}")
+    findings = run.findings
+    print(f"{run!r}\n{len(findings)} findings; report written to {args.o}", file=out)
+    for f in findings[:10]:
+        print(f"  {f.severity}: {f.message}", file=out)
+    return 0
+
+
+def _add_report_parser(sub, common: argparse.ArgumentParser) -> None:
+    r = sub.add_parser("report", parents=[common], help="the HTML report of a recorded run (a run file)")
+    r.add_argument("run_path", metavar="RUN", help="a run file written by Recorder.save or a RunWriter sink")
+    r.add_argument("-o", default="report.html", metavar="PATH", help="where to write the page (default report.html)")
+    r.add_argument("--title", default="", help="the page title (default: Run NAME)")
+    r.set_defaults(run=_report)
+
+
 def _input_options(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--input-shape", metavar="N,C,...", help="an N(0, 1) input of this shape, e.g. 8,3,32,32")
@@ -247,6 +270,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--budget", choices=("full", "ci"), default="full", help="ci: a smaller CNN, for tests")
     d.set_defaults(run=_demo)
     add_experiment_parser(sub)
+    _add_report_parser(sub, common)
     return parser
 
 

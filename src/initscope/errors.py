@@ -10,6 +10,8 @@ from collections.abc import Iterable
 
 __all__ = [
     "InitscopeError",
+    "RunFileError",
+    "MissingDependencyError",
     "UnknownActivationError",
     "ActivationError",
     "UnknownOptionError",
@@ -78,6 +80,25 @@ class ForwardError(InitscopeError, RuntimeError):
 
 class LossError(InitscopeError, ValueError):
     """A loss function or target that cannot be used (non-scalar loss, target without loss_fn)."""
+
+
+# --- run files and optional integrations (issue 14) ---
+class RunFileError(InitscopeError, ValueError):
+    """A run file that cannot be read: truncated, corrupt, or not a run file.
+
+    Attributes:
+        path: the file (or part of a run directory) that failed.
+        last_good_step: the last recorded step read intact before it, or None.
+    """
+
+    def __init__(self, message: str, path: object = None, last_good_step: int | None = None):
+        super().__init__(message)
+        self.path = path
+        self.last_good_step = last_good_step
+
+
+class MissingDependencyError(InitscopeError, ImportError):
+    """An optional package that a feature needs is not installed; the message says how to install it."""
 
 
 class DiscoveryWarning(UserWarning):

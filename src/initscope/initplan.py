@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from initscope._render import html_of
 
 __all__ = ["PlanRow", "Untouched", "InitPlan"]
 
@@ -153,7 +154,5 @@ class InitPlan:
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
-    def _repr_html_(self) -> str:
-        from initscope.report.html import plan_html
-
-        return plan_html(self)
+    def _repr_html_(self) -> str | None:
+        return html_of("plan", self)

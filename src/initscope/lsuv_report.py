@@ -6,6 +6,7 @@ renders itself as a text table (``repr``), HTML and a JSON-ready dict.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from initscope._render import html_of
 
 __all__ = ["LsuvReport", "LsuvLayer"]
 
@@ -72,10 +73,8 @@ class LsuvReport:
         lines = ["  ".join([*(c.ljust(w) for c, w in zip(row, widths)), row[-1]]).rstrip() for row in rows]
         return "\n".join([self.summary(), *lines])
 
-    def _repr_html_(self) -> str:
-        from initscope.report.html import lsuv_html
-
-        return lsuv_html(self)
+    def _repr_html_(self) -> str | None:
+        return html_of("lsuv", self)
 
 
 def _cells(r: LsuvLayer) -> tuple[str, ...]:

@@ -106,7 +106,8 @@ class Tap:
     A context manager: hooks are registered on entry and removed on exit, together with
     every tensor hook it attached. Forward hooks that fire outside the root module's forward
     after a backward pass has started are recomputations (gradient checkpointing): they are
-    not measured again, but attach gradient hooks where the first pass could not. The k-th
+    not measured again (unless the root's forward never ran, as in a LightningModule whose
+    ``training_step`` calls its children: then every call is measured), but attach gradient hooks where the first pass could not. The k-th
     recomputed call of a module is matched to its k-th original call; a module shared across
     several reentrant checkpoint segments may have its gradient statistics attributed to the
     wrong one of its calls.
@@ -125,6 +126,7 @@ class Tap:
         self.stack: list[str] = []
         self.completed: list[str] = []
         self.in_root = self.backward_started = False
+        self.root_called = False  # a LightningModule's forward may never run (training_step calls its children)
         self._counts: dict[str, int] = {}
         self._recomputed: dict[str, int] = {}
         self._handles: list = []
@@ -164,7 +166,7 @@ class Tap:
         if self.backward_started:  # a new forward (e.g. the next micro-batch)
             self.backward_started = False
             self._recomputed.clear()
-        self.in_root = True
+        self.in_root = self.root_called = True
 
     def _root_exit(self, module: nn.Module, args: object, output: object) -> None:
         self.in_root = False
@@ -183,7 +185,7 @@ class Tap:
         return dim
 
     def _forward(self, name: str, module: nn.Module, args: object, output: object) -> None:
-        if self.backward_started and not self.in_root:
+        if self.backward_started and not self.in_root and self.root_called:
             self._recompute(name, output)
             return
         call = _Call(name, type(module).__name__, self._counts.get(name, 0), _is_weight_layer(module))

@@ -27,11 +27,18 @@ Examples:
     >>> steps, counts = rec.histograms("1")  # the "colorful dimension": [steps, bins]
     >>> counts.shape
     (3, 258)
+
+Sinks (issue 14): objects with ``open(summary)``, ``write(step)`` and ``close()``, such as
+:class:`initscope.runs.RunWriter` and :class:`initscope.runs.TensorBoardSink`, get each
+recorded step as a :class:`RecordedStep` right after it is stored (also steps the history
+later thins out), and are closed when the context exits. :meth:`Recorder.save`,
+:meth:`Recorder.load` and :meth:`Recorder.to_pandas` delegate to :mod:`initscope.runs`.
 """
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -45,7 +52,12 @@ from initscope.errors import ArgumentError
 from initscope.probe import LayerRecord, ModuleSelection, OutputRecord, ParamRecord, Tap, Trace, select_modules
 from initscope.stats import FORMATS, Stats, StatsAccumulator
 
-__all__ = ["Recorder", "Row", "STATS"]
+if TYPE_CHECKING:
+    import os
+
+    from initscope.runs import Run
+
+__all__ = ["Recorder", "Row", "STATS", "RecordedStep"]
 
 
 class Row(NamedTuple):
@@ -82,6 +94,10 @@ class Recorder:
         every: record steps 0, every, 2*every, ... (counted by :meth:`step`).
         modules: which layers to watch; see :func:`initscope.probe.select_modules`.
         max_rows: bound on the history's rows (thinned as described in the module notes).
+        sinks: objects that receive every recorded step (see the module notes), e.g.
+            ``initscope.runs.RunWriter(path)`` or ``initscope.runs.TensorBoardSink(log_dir)``.
+            In a process group only rank 0 feeds its sinks (the statistics are merged over
+            ranks); inside ``initscope.distributed.per_rank()`` every rank feeds its own.
 
     Raises:
         ModelError: ``model`` is not a module, or the selection is empty.
@@ -89,7 +105,7 @@ class Recorder:
     """
 
     def __init__(self, model: nn.Module, every: int = 1, *, modules: ModuleSelection = None,
-                 max_rows: int = 200_000) -> None:
+                 max_rows: int = 200_000, sinks: Sequence[Any] = ()) -> None:
         check.module(model, "Recorder")
         for name, v in (("every", every), ("max_rows", max_rows)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -108,6 +124,7 @@ class Recorder:
         self._layers: dict[str, tuple[str, bool]] = {}
         self._open = False
         self._reducer = distributed.Reducer("Recorder step") if distributed.active() else None
+        self.sinks, self._sinks_open = list(sinks), False
 
     def __enter__(self) -> Recorder:
         self._open = True
@@ -121,6 +138,7 @@ class Recorder:
         finally:
             self._disarm()
             self._open = False
+            self._close_sinks()
 
     @property
     def step_count(self) -> int:
@@ -190,7 +208,9 @@ class Recorder:
         hists = {k: s.hist for k, s in per.items() if k[1] in ("forward", "backward")}
         for k, s in per.items():
             self._merged[k] = self._merged[k].merge(s) if k in self._merged else s
-        self._steps.append(_Step(self._step, keys, values, int(np.count_nonzero(values == values)), hists))
+        counts = np.array([s.count for s in per.values()], np.int64)
+        self._steps.append(_Step(self._step, keys, values, int(np.count_nonzero(values == values)), hists, counts))
+        self._emit(self._steps[-1])
         self._n_rows += self._steps[-1].rows
         while self._n_rows > self.max_rows and len(self._steps) > 1:
             self._steps = self._steps[:-1][::2] + self._steps[-1:]
@@ -235,6 +255,62 @@ class Recorder:
         return diagnose_run(self.trace, self.history)
 
 
+    # --- sinks and run files (issue 14) ---
+    def _emit(self, step: RecordedStep) -> None:
+        # in a process group the statistics are already merged over ranks: rank 0 alone writes
+        # (under distributed.per_rank() each rank is its own writer)
+        if not self.sinks or not distributed.is_writer():
+            return
+        if not self._sinks_open:
+            self._sinks_open = True
+            for sink in self.sinks:
+                sink.open(self.summary())
+        for sink in self.sinks:
+            sink.write(step)
+
+    def _close_sinks(self) -> None:
+        if self._sinks_open:
+            self._sinks_open = False
+            for sink in self.sinks:
+                sink.close()
+
+    @property
+    def steps(self) -> tuple[RecordedStep, ...]:
+        """The recorded steps the history holds, oldest first."""
+        return tuple(self._steps)
+
+    def summary(self) -> dict:
+        """The model summary a run file keeps: layers seen so far, parameters, ``every``, versions."""
+        from initscope import __version__
+
+        return {"initscope": __version__, "torch": torch.__version__, "every": self.every,
+                "model": type(self.model).__name__,
+                "layers": [{"name": n, "type": t, "weight_layer": w} for n, (t, w) in self._layers.items()],
+                "params": [{"name": n, "shape": list(p.shape), "dtype": str(p.dtype).replace("torch.", "")}
+                           for n, p in self._params]}
+
+    def to_run(self) -> Run:
+        """The history as an :class:`initscope.runs.Run`."""
+        from initscope.runs import Run
+
+        return Run.from_steps(self._steps, self.summary())
+
+    def save(self, path: str | os.PathLike) -> Any:
+        """Write the history as a run file (see :mod:`initscope.runs`); returns its path."""
+        return self.to_run().save(path)
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> Run:
+        """Read a run file written by :meth:`save` or a ``RunWriter`` sink."""
+        from initscope.runs import Run
+
+        return Run.load(path)
+
+    def to_pandas(self) -> Any:
+        """The history as a long pandas table; see :meth:`initscope.runs.Run.to_pandas`."""
+        return self.to_run().to_pandas()
+
+
 class _Step(NamedTuple):
     """One recorded step: a float64 table [keys, STATS] (NaN where a statistic does not apply),
     and the forward and backward histograms. Arrays, not rows of Python objects, so that a long
@@ -245,6 +321,10 @@ class _Step(NamedTuple):
     values: np.ndarray
     rows: int
     hists: dict[tuple[str, str], np.ndarray]
+    counts: np.ndarray | None = None  # values per key
+
+
+RecordedStep = _Step
 
 
 def _table(stats: list[Stats]) -> np.ndarray:

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import math
 
+from initscope._render import html_of
 from initscope.stats import Stats
 
 __all__ = ["Trace", "LayerRecord", "OutputRecord", "ParamRecord"]
@@ -132,10 +133,8 @@ class Trace:
         head = f"Trace({len(self.layers)} layer calls, {len(self.params)} parameters{loss})"
         return "\n".join([head, *lines, *(f"note: {n}" for n in self.notes)])
 
-    def _repr_html_(self) -> str:
-        from initscope.report.html import trace_html
-
-        return trace_html(self)
+    def _repr_html_(self) -> str | None:
+        return html_of("trace", self)
 
     def to_dict(self) -> dict:
         """JSON-ready dict (non-finite floats become strings)."""

@@ -22,6 +22,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from initscope._render import html_of
 from initscope.errors import ArgumentError
 
 __all__ = ["Result", "ProgressLike", "progress_steps", "interactive", "figure", "jsonable", "FORMATS"]
@@ -170,7 +171,5 @@ class Result:
     def __repr__(self) -> str:
         return self.text()
 
-    def _repr_html_(self) -> str:
-        from initscope.report.html import result_html
-
-        return result_html(self)
+    def _repr_html_(self) -> str | None:
+        return html_of("experiment", self)

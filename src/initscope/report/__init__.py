@@ -9,6 +9,7 @@ package costs nothing beyond torch and numpy.
 - :mod:`~initscope.report.html`: the one-file HTML report and the ``_repr_html_`` fragments.
 - :mod:`~initscope.report.plots`: matplotlib figures (PNG) of per-layer statistics.
 - :mod:`~initscope.report.demo`: the guided tour that ``initscope demo`` runs.
+- :mod:`~initscope.report.run`: the report of a recorded training run (``Run.report()``).
 
 Examples:
     >>> import torch
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from initscope.report.demo import DemoResult, demo
 from initscope.report.html import Run, lsuv_html, plan_html, report_html, result_html, trace_html, write_report
+from initscope.report.run import run_page
 
 __all__ = ["Run", "report_html", "write_report", "trace_html", "plan_html", "lsuv_html", "result_html", "demo",
-           "DemoResult"]
+           "DemoResult", "run_page"]

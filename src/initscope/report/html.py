@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from initscope._render import register_html
 from initscope.report.assets import CSS, JS
 from initscope.report.experiment import experiment_block
 from initscope.report.rows import METRICS, metric_points, severity_counts
@@ -223,3 +224,9 @@ def result_html(result: Any) -> str:
     """An experiment result's ``_repr_html_``: its heading, charts or figure, and summary."""
     heading, body = experiment_block(result)
     return _fragment(f"<h3>{esc(heading)}</h3>{body}")
+
+
+register_html("trace", trace_html)
+register_html("plan", plan_html)
+register_html("lsuv", lsuv_html)
+register_html("experiment", result_html)

@@ -1,0 +1,104 @@
+"""The trainer callbacks against the real libraries: tiny models built from config, no network."""
+import importlib
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import initscope.integrations as integrations
+from initscope.errors import MissingDependencyError
+
+pytest.importorskip("pyarrow")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class _Tokens(torch.utils.data.Dataset):
+    def __init__(self, n=64, seq=6, vocab=40):
+        g = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(0, vocab, (n, seq), generator=g)
+        self.labels = torch.randint(0, 2, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+def _hf_trainer(tmp_path, callback, steps=6, accumulate=2):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    config = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=4,
+                                          gradient_accumulation_steps=accumulate, learning_rate=1e-3,
+                                          report_to=[], save_strategy="no", logging_strategy="no",
+                                          use_cpu=True, disable_tqdm=True, dataloader_num_workers=0, seed=0)
+    return transformers.Trainer(model=model, args=args, train_dataset=_Tokens(), callbacks=[callback]), model
+
+
+def test_transformers_callback_records_optimizer_steps_with_accumulation(tmp_path):
+    callback = integrations.InitscopeCallback(every=2)
+    trainer, model = _hf_trainer(tmp_path, callback)
+    trainer.train()
+    run = callback.session.run
+    assert (tmp_path / "initscope" / "run.parquet").is_dir() and (tmp_path / "initscope" / "report.html").is_file()
+    assert run.steps.tolist() == [0, 2, 4]  # 6 optimizer steps, every 2nd
+    steps, std = run.series("bert.embeddings.LayerNorm", "forward", "std")
+    counts = run.count[(run.layer == "bert.embeddings.LayerNorm") & (run.phase == "forward")]
+    assert counts.tolist() == [2 * 4 * 6 * 16] * 3  # both micro-batches of 4 sequences x 6 tokens x 16 merged
+    assert np.isfinite(std).all() and "bert.encoder.layer.1.output.dense" in run.layers("forward")
+    assert not model._forward_hooks and all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+
+
+def _lightning_module():
+    pl = pytest.importorskip("lightning.pytorch")
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return (self.net(x) - y).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    return pl, Tiny()
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers.*")  # 0 workers: intended, a tiny in-memory set
+@pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated:FutureWarning")  # lightning 2.6 vs torch 2.13
+def test_lightning_callback_steps_on_optimizer_steps(tmp_path):
+    pl, module = _lightning_module()
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(40, 6, generator=g), torch.randn(40, 1, generator=g))
+    callback = integrations.InitscopeLightningCallback(every=1, directory=tmp_path / "rec")
+    trainer = pl.Trainer(max_steps=4, accumulate_grad_batches=2, callbacks=[callback], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=str(tmp_path), accelerator="cpu")
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=5))
+    run = callback.session.run
+    assert run.steps.tolist() == [0, 1, 2, 3]
+    counts = run.count[(run.layer == "net.0") & (run.phase == "forward")]
+    assert counts.tolist() == [2 * 5 * 8] * 4  # two micro-batches of 5 per optimizer step, 8 features
+    assert (tmp_path / "rec" / "report.html").is_file()
+
+
+def test_without_the_library_the_integration_says_what_to_install(monkeypatch):
+    for mod, name, fix in (("transformers", "InitscopeCallback", "pip install transformers"),
+                           ("lightning", "InitscopeLightningCallback", "pip install lightning")):
+        monkeypatch.setitem(sys.modules, mod, None)
+        if mod == "lightning":
+            monkeypatch.setitem(sys.modules, "lightning.pytorch", None)
+        key = f"initscope.integrations.{'huggingface' if mod == 'transformers' else 'lightning'}"
+        monkeypatch.delitem(sys.modules, key, raising=False)
+        with pytest.raises(MissingDependencyError, match=fix):
+            getattr(integrations, name)
+    importlib.import_module("initscope")  # importing initscope itself needs neither
