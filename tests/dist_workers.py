@@ -132,7 +132,8 @@ def _stats_worker(rank: int, world: int, mode: str) -> dict:
     model = _wrap(_net(), mode, world)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: every recorded step sees the same weights
     per_step = []
-    with initscope.Recorder(model, every=2) as rec:
+    sink = _ListSink()
+    with initscope.Recorder(model, every=2, sinks=[sink]) as rec:
         for _ in range(5):
             before = len(calls)
             opt.zero_grad()
@@ -146,7 +147,24 @@ def _stats_worker(rank: int, world: int, mode: str) -> dict:
         s, r = merged[b.name].outputs[0].forward, b.outputs[0].forward
         bad += [f"Recorder {b.name} {k}" for k in ("mean", "std", "min", "max") if not _close(getattr(s, k), getattr(r, k))]
         bad += [f"Recorder {b.name} count"] * (s.count != 3 * r.count)
-    return {"bad": bad, "per_step": per_step, "first_mean": trace.layers[0].outputs[0].forward.mean}
+    return {"bad": bad, "per_step": per_step, "first_mean": trace.layers[0].outputs[0].forward.mean,
+            "sink": (sink.opened, [st.step for st in sink.steps], sink.closed)}
+
+
+class _ListSink:
+    """A Recorder sink that keeps what it is given."""
+
+    def __init__(self):
+        self.opened, self.steps, self.closed = False, [], False
+
+    def open(self, summary):
+        self.opened = True
+
+    def write(self, step):
+        self.steps.append(step)
+
+    def close(self):
+        self.closed = True
 
 
 def _lsuv_all(rank: int, world: int) -> dict:

@@ -21,6 +21,9 @@ def test_probe_and_recorder_reduce_over_ranks(mode):
         # the unrecorded steps 1 and 3 none
         assert r["per_step"] == [2, 0, 1, 0, 1]
     assert results[0]["first_mean"] == results[1]["first_mean"]  # every rank holds the global figures
+    # only rank 0 feeds the Recorder's sinks: the recorded steps 0, 2, 4, already merged over ranks
+    assert results[0]["sink"] == (True, [0, 2, 4], True)
+    assert results[1]["sink"] == (False, [], False)
 
 
 def test_lsuv_same_scale_on_every_rank():
