@@ -79,10 +79,16 @@ def test_philox_kernel_equals_torch_ops(monkeypatch, dist):
               (lambda: torch.zeros(5, 7, dtype=torch.float32), ((3, 0), (11, 7), (1, 4))),   # rows of a shard
               (lambda: torch.empty(1 << 12, dtype=torch.float64), (((1 << 40) + 3,), ((1 << 41),))),
               (lambda: torch.empty(91, 37).t(), ())]
-    for make, extra in cases:
-        native, ops = _both_paths(monkeypatch, make, key, dist, 0.7, *extra)
-        assert native.dtype == ops.dtype and torch.equal(native, ops), (dist, native.shape, native.dtype, extra)
-        assert native.abs().sum() > 0
+    ext = _philox._kernel()
+    for avx512 in (True, False):  # Philox's AVX-512 loop (where the CPU has it) and the generic one
+        old = ext.set_avx512(avx512)
+        try:
+            for make, extra in cases:
+                native, ops = _both_paths(monkeypatch, make, key, dist, 0.7, *extra)
+                assert native.dtype == ops.dtype and torch.equal(native, ops), (dist, avx512, native.shape, extra)
+                assert native.abs().sum() > 0
+        finally:
+            ext.set_avx512(old)
 
 
 def test_philox_kernel_values_do_not_depend_on_threads():

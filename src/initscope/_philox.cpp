@@ -21,6 +21,14 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define INITSCOPE_X86 1
+#define INITSCOPE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define INITSCOPE_X86 0
+#define INITSCOPE_CLONES
+#endif
 
 namespace {
 
@@ -89,8 +97,8 @@ struct Words {
   alignas(64) uint32_t w[4][kBlock];
 };
 
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void philox_block(uint64_t first, int n, uint32_t key0, uint32_t key1, Words& out) {
+INITSCOPE_CLONES
+void philox_generic(uint64_t first, int n, uint32_t key0, uint32_t key1, Words& out) {
   for (int i = 0; i < n; ++i) {
     const uint64_t c = first + uint64_t(i);
     uint32_t c0 = uint32_t(c), c1 = uint32_t(c >> 32), c2 = 0, c3 = 0, k0 = key0, k1 = key1;
@@ -112,7 +120,52 @@ void philox_block(uint64_t first, int n, uint32_t key0, uint32_t key1, Words& ou
   }
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default")))
+#if INITSCOPE_X86
+// The same rounds on 8 counters at once, one per 64-bit lane holding a 32-bit word, so that each
+// 32 x 32 -> 64-bit product is one vpmuludq (GCC's vectorisation of the generic loop emulates a
+// 64 x 64-bit product instead, ~1.5x slower). Counters past n fill the block's spare slots.
+__attribute__((target("avx512f")))
+void philox_avx512(uint64_t first, int n, uint32_t key0, uint32_t key1, Words& out) {
+  const __m512i m0 = _mm512_set1_epi64(0xD2511F53), m1 = _mm512_set1_epi64(0xCD9E8D57);
+  const __m512i low = _mm512_set1_epi64(0xFFFFFFFF), lanes = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+  for (int i = 0; i < n; i += 8) {
+    const __m512i c = _mm512_add_epi64(_mm512_set1_epi64(int64_t(first + uint64_t(i))), lanes);
+    __m512i c0 = _mm512_and_si512(c, low), c1 = _mm512_srli_epi64(c, 32);
+    __m512i c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
+    uint32_t k0 = key0, k1 = key1;
+    for (int r = 0; r < 10; ++r) {
+      const __m512i p0 = _mm512_mul_epu32(c0, m0), p1 = _mm512_mul_epu32(c2, m1);
+      const __m512i n0 = _mm512_xor_si512(_mm512_xor_si512(_mm512_srli_epi64(p1, 32), c1), _mm512_set1_epi64(k0));
+      const __m512i n2 = _mm512_xor_si512(_mm512_xor_si512(_mm512_srli_epi64(p0, 32), c3), _mm512_set1_epi64(k1));
+      c1 = _mm512_and_si512(p1, low);
+      c3 = _mm512_and_si512(p0, low);
+      c0 = n0;
+      c2 = n2;
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out.w[0] + i), _mm512_cvtepi64_epi32(c0));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out.w[1] + i), _mm512_cvtepi64_epi32(c1));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out.w[2] + i), _mm512_cvtepi64_epi32(c2));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out.w[3] + i), _mm512_cvtepi64_epi32(c3));
+  }
+}
+
+bool has_avx512() { return __builtin_cpu_supports("avx512f"); }
+#else
+bool has_avx512() { return false; }
+#endif
+
+bool use_avx512 = has_avx512();  // set_avx512(false) tests the generic loop on an AVX-512 machine
+
+inline void philox_block(uint64_t first, int n, uint32_t key0, uint32_t key1, Words& out) {
+#if INITSCOPE_X86
+  if (use_avx512) return philox_avx512(first, n, key0, key1, out);
+#endif
+  philox_generic(first, n, key0, key1, out);
+}
+
+INITSCOPE_CLONES
 void transform(const Words& in, int n, int mode, double* __restrict v) {
   const uint32_t* __restrict w0 = in.w[0];
   const uint32_t* __restrict w1 = in.w[1];
@@ -191,6 +244,14 @@ void philox_fill(torch::Tensor& out, const torch::Tensor& starts, int64_t run, i
   }
 }
 
+// Whether Philox runs on AVX-512 where the CPU has it (default) or in the generic loop; returns the old state.
+bool set_avx512(bool on) {
+  const bool old = use_avx512;
+  use_avx512 = on && has_avx512();
+  return old;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("philox_fill", &philox_fill, "initscope: Philox4x32-10 values of runs of element indices (CPU)");
+  m.def("set_avx512", &set_avx512, "initscope: Philox on AVX-512 (if the CPU has it) or the generic loop");
 }
