@@ -146,3 +146,14 @@ def test_rng_option_and_default():
     d = nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 5))
     initialize(d, example_input=x, seed=1, rng="philox")
     assert torch.equal(c[0].weight, d[0].weight)
+
+
+def test_philox_torch_path_by_runs_equals_values_per_index(monkeypatch):
+    """The torch-ops fill (whole quads of counters per run, then sliced) gives values() of each
+    element's global index, for a shard that starts mid-counter in two dimensions."""
+    monkeypatch.setenv("INITSCOPE_NO_NATIVE", "1")
+    key = _philox.key_of(9, "w")
+    for dist in ("normal", "uniform", "truncated_normal"):
+        part = _philox.fill_(torch.empty(3, 5, 6, dtype=torch.float64), key, dist, 1.0, (1, 2, 1), (6, 9, 7))
+        index = _philox._index((3, 5, 6), (1, 2, 1), (6, 9, 7), (0, 3), torch.device("cpu"))
+        assert torch.equal(part, _philox.values(index, key, dist)), dist

@@ -180,25 +180,40 @@ def _truncated(u: torch.Tensor) -> torch.Tensor:
     return torch.special.erfinv(p * 2.0 - 1.0).mul_(math.sqrt(2.0)).clamp_(-2.0, 2.0)
 
 
+def _quads(counter: torch.Tensor, key: tuple[int, int], distribution: str) -> torch.Tensor:
+    """Unit-scale float64 values of elements 4c .. 4c+3 for counters c (int64, >= 0): shape (*c, 4)."""
+    zero = torch.zeros_like(counter)
+    w = philox4x32([counter & _MASK, counter >> 32, zero, zero], key)
+    if distribution == "normal":
+        (c0, s0), (c1, s1) = _turn(w[1]), _turn(w[3])
+        r0, r1 = _radius(w[0]), _radius(w[2])
+        return torch.stack([r0 * c0, r0 * s0, r1 * c1, r1 * s1], dim=-1)
+    u = torch.stack(w, dim=-1).to(torch.float64) + 0.5
+    if distribution == "uniform":
+        return u * 2.0 ** -31 - 1.0
+    return _truncated(u * 2.0 ** -32)
+
+
 def values(index: torch.Tensor, key: tuple[int, int], distribution: str) -> torch.Tensor:
     """Unit-scale float64 values for the given element indices (int64, >= 0), by torch ops.
 
     ``normal``: N(0, 1); ``uniform``: U(-1, 1); ``truncated_normal``: N(0, 1) cut at +-2.
-    Element i takes word i mod 4 of Philox at the counter i div 4.
+    Element i takes word i mod 4 of Philox at the counter i div 4 (see the module's docstring).
     """
     if distribution not in _MODE:
         raise ValueError(f"no counter-based sampler for {distribution!r}")
-    c, lane = index >> 2, index & 3
-    zero = torch.zeros_like(c)
-    w = philox4x32([c & _MASK, c >> 32, zero, zero], key)
-    if distribution == "normal":
-        first = lane < 2
-        cos, sin = _turn(torch.where(first, w[1], w[3]))
-        return _radius(torch.where(first, w[0], w[2])) * torch.where((lane & 1) == 1, sin, cos)
-    word = torch.where(lane == 0, w[0], torch.where(lane == 1, w[1], torch.where(lane == 2, w[2], w[3])))
-    if distribution == "uniform":
-        return (word.to(torch.float64) + 0.5) * 2.0 ** -31 - 1.0
-    return _truncated((word.to(torch.float64) + 0.5) * 2.0 ** -32)
+    quads = _quads(index >> 2, key, distribution)
+    return quads.gather(-1, (index & 3).unsqueeze(-1)).squeeze(-1)
+
+
+def _run_values(starts: torch.Tensor, run: int, key: tuple[int, int], distribution: str) -> torch.Tensor:
+    """Values of the runs [s, s + run) for s in starts, shape (len(starts), run): whole quads of
+    counters (one Philox call and one Box-Muller pair per two values), then each run's slice."""
+    count = (run + 3) // 4 + 1  # counters a run spans, whatever its start's lane
+    counters = (starts >> 2).unsqueeze(-1) + torch.arange(count, dtype=torch.int64, device=starts.device)
+    quads = _quads(counters, key, distribution).reshape(len(starts), 4 * count)
+    at = (starts & 3).unsqueeze(-1) + torch.arange(run, dtype=torch.int64, device=starts.device)
+    return quads.gather(1, at)
 
 
 def _index(local_shape: Sequence[int], offsets: Sequence[int], global_shape: Sequence[int],
@@ -216,7 +231,7 @@ def _index(local_shape: Sequence[int], offsets: Sequence[int], global_shape: Seq
 
 
 def _runs(shape: Sequence[int], offsets: Sequence[int], global_shape: Sequence[int],
-          rows: tuple[int, int]) -> tuple[torch.Tensor, int]:
+          rows: tuple[int, int], device: torch.device = torch.device("cpu")) -> tuple[torch.Tensor, int]:
     """Rows [rows[0], rows[1]) of a shard as runs of consecutive global indices: (starts, run length).
 
     Trailing dimensions the shard holds whole merge into one run with the last partial one."""
@@ -225,9 +240,10 @@ def _runs(shape: Sequence[int], offsets: Sequence[int], global_shape: Sequence[i
         k -= 1
     inner = math.prod(global_shape[k + 1:])
     if k == 0:
-        return torch.tensor([(rows[0] + offsets[0]) * inner], dtype=torch.int64), (rows[1] - rows[0]) * inner
+        start = torch.tensor([(rows[0] + offsets[0]) * inner], dtype=torch.int64, device=device)
+        return start, (rows[1] - rows[0]) * inner
     starts = _index(shape[:k], offsets[:k], tuple(global_shape[:k]) + (global_shape[k] * inner,), rows,
-                    torch.device("cpu")).reshape(-1)
+                    device).reshape(-1)
     return starts.add_(offsets[k] * inner).contiguous(), shape[k] * inner
 
 
@@ -269,8 +285,9 @@ def fill_(local: torch.Tensor, key: tuple[int, int], distribution: str, scale: f
                 ext.philox_fill(u, *_runs(shape, offsets, global_shape, (a, b)), key[0], key[1], 2, 1.0)
                 local[a:b].copy_(_truncated(u).mul_(scale))
             else:
-                idx = _index(shape, offsets, global_shape, (a, b), local.device)
-                local[a:b].copy_(values(idx, key, distribution).mul_(scale))
+                starts, run = _runs(shape, offsets, global_shape, (a, b), local.device)
+                chunk = _run_values(starts, run, key, distribution).mul_(scale)
+                local[a:b].copy_(chunk.reshape(local[a:b].shape))
     return local
 
 
