@@ -157,3 +157,23 @@ def test_philox_torch_path_by_runs_equals_values_per_index(monkeypatch):
         part = _philox.fill_(torch.empty(3, 5, 6, dtype=torch.float64), key, dist, 1.0, (1, 2, 1), (6, 9, 7))
         index = _philox._index((3, 5, 6), (1, 2, 1), (6, 9, 7), (0, 3), torch.device("cpu"))
         assert torch.equal(part, _philox.values(index, key, dist)), dist
+
+
+def test_philox_kernel_says_when_it_compiles(monkeypatch, capfd):
+    """A load slower than NOTICE_AFTER_S is a compile: one line on stderr; a cached load is quiet."""
+    if _philox._kernel() is None:
+        pytest.skip("no C++ build of _philox.cpp here (no compiler or ninja)")
+    import time
+
+    from torch.utils import cpp_extension
+
+    from initscope import _native
+    real = cpp_extension.load
+    monkeypatch.setattr(cpp_extension, "load", lambda *a, **k: (time.sleep(0.3), real(*a, **k))[1])  # a slow build
+    monkeypatch.setattr(_native, "NOTICE_AFTER_S", 0.05)
+    assert _philox._build() is not None
+    assert "compiling the Philox kernel" in capfd.readouterr().err
+    monkeypatch.setattr(cpp_extension, "load", real)
+    monkeypatch.setattr(_native, "NOTICE_AFTER_S", 600.0)
+    assert _philox._build() is not None
+    assert capfd.readouterr().err == ""
