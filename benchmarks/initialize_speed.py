@@ -7,6 +7,7 @@ target: initialize / hand loop <= 1.2, for the default torch.Generator values an
 for the counter-based ones (rng="philox"), side by side.
 
     python benchmarks/initialize_speed.py [--depth 14] [--rounds 5] [--device cpu] [--threads N]
+        [--distribution normal|uniform|truncated_normal]
 
 With example_input, initialize runs the model forward once (discovery): its cost is one
 forward at that input's size, reported separately as discovery / one forward.
@@ -14,6 +15,7 @@ forward at that input's size, reported separately as discovery / one forward.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 import warnings
@@ -26,11 +28,16 @@ from initscope.graph import DiscoveryWarning, discover
 from initscope.initialize import initialize, plan
 
 
-def hand_loop(model: nn.Module) -> None:
+def hand_loop(model: nn.Module, distribution: str = "normal") -> None:
     """What a careful user writes by hand: Kaiming for matrices, 1 for norm scales, 0 for the rest."""
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
-            if p.dim() >= 2:
+            if p.dim() >= 2 and distribution == "uniform":
+                nn.init.kaiming_uniform_(p, nonlinearity="relu")
+            elif p.dim() >= 2 and distribution == "truncated_normal":
+                std = math.sqrt(2.0 / p[0].numel())
+                nn.init.trunc_normal_(p, std=std, a=-2 * std, b=2 * std)
+            elif p.dim() >= 2:
                 nn.init.kaiming_normal_(p, nonlinearity="relu")
             elif isinstance(module, nn.LayerNorm) and name == "weight":
                 nn.init.ones_(p)
@@ -54,6 +61,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    parser.add_argument("--distribution", default="normal", choices=("normal", "uniform", "truncated_normal"),
+                        help="of the matrices, in the hand loop and in initialize (default: normal)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -64,10 +73,11 @@ def main() -> None:
     x = torch.randn(1, 8, 768, device=device)
     n = sum(p.numel() for p in model.parameters())
     warnings.simplefilter("ignore", DiscoveryWarning)
+    dist = args.distribution
     variants = {
-        "hand loop (torch.nn.init)": lambda: hand_loop(model),
-        "initialize(example_input=x)": lambda: initialize(model, example_input=x),
-        "initialize(x, rng='philox')": lambda: initialize(model, example_input=x, rng="philox"),
+        "hand loop (torch.nn.init)": lambda: hand_loop(model, dist),
+        "initialize(example_input=x)": lambda: initialize(model, example_input=x, distribution=dist),
+        "initialize(x, rng='philox')": lambda: initialize(model, example_input=x, distribution=dist, rng="philox"),
         "initialize() via torch.fx": lambda: initialize(model),
         "plan(example_input=x) only": lambda: plan(model, example_input=x),
         "discover(model, x)": lambda: discover(model, x),
@@ -82,7 +92,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"model: zoo.transformer(depth={args.depth}, d_model=768), {n / 1e6:.1f}M parameters, "
           f"{len(list(model.parameters()))} tensors, device {device}, {torch.get_num_threads()} threads, "
-          f"median of {args.rounds} interleaved rounds")
+          f"median of {args.rounds} interleaved rounds, {dist} matrices")
     for name, t in med.items():
         print(f"  {name:32s} {t * 1e3:9.1f} ms")
     base = med["hand loop (torch.nn.init)"]

@@ -1,6 +1,7 @@
 """Sharded initialize on gloo groups: gathered weights equal the single-process values bitwise."""
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -11,7 +12,7 @@ sys.path.insert(0, os.path.dirname(__file__))  # spawned ranks import the worker
 from dist_helpers import run  # noqa: E402
 from dist_workers import _fsdp_worker, _tp_worker  # noqa: E402
 
-from initscope import _philox  # noqa: E402
+from initscope import _boxmuller, _philox  # noqa: E402
 
 
 @pytest.mark.parametrize("world", [1, 2, 4])
@@ -56,16 +57,71 @@ def test_shard_of_philox_equals_slice_of_whole():
     assert torch.equal(part, whole[2:6, 4:7])
 
 
-def test_philox_kernel_equals_torch_ops(monkeypatch):
-    """The optional C++ kernel gives the same doubles as the torch-ops path, bitwise."""
+def _both_paths(monkeypatch, make, *args):
+    """fill_ by the C++ kernel and by torch ops alone (INITSCOPE_NO_NATIVE=1), on fresh targets."""
+    native = _philox.fill_(make(), *args)
+    with monkeypatch.context() as m:
+        m.setenv("INITSCOPE_NO_NATIVE", "1")
+        ops = _philox.fill_(make(), *args)
+    return native, ops
+
+
+@pytest.mark.parametrize("dist", ["normal", "uniform", "truncated_normal"])
+def test_philox_kernel_equals_torch_ops(monkeypatch, dist):
+    """The fused C++ kernel writes the same bits as the torch-ops path: whole tensors, shards starting
+    mid-counter (i mod 4 != 0), indices past 2^32, float32/float64 in place, bfloat16 and a
+    non-contiguous target through float64."""
     if _philox._kernel() is None:
         pytest.skip("no C++ build of _philox.cpp here (no compiler or ninja)")
-    idx = torch.arange(0, 1 << 14, dtype=torch.int64) * 977 + (1 << 40)  # high words nonzero too
     key = _philox.key_of(3, "w")
-    native = {d: _philox.values(idx, key, d) for d in ("normal", "uniform", "truncated_normal")}
-    monkeypatch.setenv("INITSCOPE_NO_NATIVE", "1")
-    for d, v in native.items():
-        assert torch.equal(v, _philox.values(idx, key, d)), d
+    cases = [(lambda dt=dt: torch.empty(37, 91, dtype=dt), ()) for dt in (torch.float32, torch.float64, torch.bfloat16)]
+    cases += [(lambda: torch.empty(4, 3, 5, dtype=torch.float64), ((2, 4, 1), (9, 7, 6))),   # Shard(1) and (2)
+              (lambda: torch.zeros(5, 7, dtype=torch.float32), ((3, 0), (11, 7), (1, 4))),   # rows of a shard
+              (lambda: torch.empty(1 << 12, dtype=torch.float64), (((1 << 40) + 3,), ((1 << 41),))),
+              (lambda: torch.empty(91, 37).t(), ())]
+    ext = _philox._kernel()
+    for avx512 in (True, False):  # Philox's AVX-512 loop (where the CPU has it) and the generic one
+        old = ext.set_avx512(avx512)
+        try:
+            for make, extra in cases:
+                native, ops = _both_paths(monkeypatch, make, key, dist, 0.7, *extra)
+                assert native.dtype == ops.dtype and torch.equal(native, ops), (dist, avx512, native.shape, extra)
+                assert native.abs().sum() > 0
+        finally:
+            ext.set_avx512(old)
+
+
+def test_philox_kernel_values_do_not_depend_on_threads():
+    """at::parallel_for splits the elements into chunks; element i's value depends on i alone."""
+    if _philox._kernel() is None:
+        pytest.skip("no C++ build of _philox.cpp here (no compiler or ninja)")
+    key, threads = _philox.key_of(1, "w"), torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _philox.fill_(torch.empty(300, 1000), key, "normal", 1.0)
+        torch.set_num_threads(4)
+        four = _philox.fill_(torch.empty(300, 1000), key, "normal", 1.0)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, four)
+
+
+def test_philox_transcendentals_against_libm():
+    """The series / Newton log, sin, cos and sqrt (shared by both paths) against torch's math library.
+
+    Truncation of the series is below 1e-16 (see _philox.cpp); what is left is rounding: a dozen
+    float64 ops of relative error 2^-53 = 1.1e-16 each, hence the 2e-15 bounds; sqrt within 1 ulp
+    (relative 2.2e-16) after its correction step."""
+    w = (torch.arange(1 << 18, dtype=torch.int64) * 16411 + 5) % (1 << 32)
+    w = torch.cat([w, torch.tensor([0, 1, (1 << 31) - 1, 1 << 31, (1 << 32) - 1])])
+    u = (w.to(torch.float64) + 0.5) * 2.0 ** -32
+    ref = torch.sqrt(-2.0 * torch.log(u))
+    assert ((_boxmuller.radius(w) - ref) / ref).abs().max() < 2e-15
+    cos, sin = _boxmuller.turn(w)
+    assert (cos - torch.cos(2 * math.pi * u)).abs().max() < 2e-15
+    assert (sin - torch.sin(2 * math.pi * u)).abs().max() < 2e-15
+    x = torch.logspace(-12, 2, 100_000, dtype=torch.float64)
+    assert ((_boxmuller.root(x) - x.sqrt()) / x.sqrt()).abs().max() <= 2.3e-16
 
 
 def test_rng_option_and_default():
@@ -90,3 +146,34 @@ def test_rng_option_and_default():
     d = nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 5))
     initialize(d, example_input=x, seed=1, rng="philox")
     assert torch.equal(c[0].weight, d[0].weight)
+
+
+def test_philox_torch_path_by_runs_equals_values_per_index(monkeypatch):
+    """The torch-ops fill (whole quads of counters per run, then sliced) gives values() of each
+    element's global index, for a shard that starts mid-counter in two dimensions."""
+    monkeypatch.setenv("INITSCOPE_NO_NATIVE", "1")
+    key = _philox.key_of(9, "w")
+    for dist in ("normal", "uniform", "truncated_normal"):
+        part = _philox.fill_(torch.empty(3, 5, 6, dtype=torch.float64), key, dist, 1.0, (1, 2, 1), (6, 9, 7))
+        index = _philox._index((3, 5, 6), (1, 2, 1), (6, 9, 7), (0, 3), torch.device("cpu"))
+        assert torch.equal(part, _philox.values(index, key, dist)), dist
+
+
+def test_philox_kernel_says_when_it_compiles(monkeypatch, capfd):
+    """A load slower than NOTICE_AFTER_S is a compile: one line on stderr; a cached load is quiet."""
+    if _philox._kernel() is None:
+        pytest.skip("no C++ build of _philox.cpp here (no compiler or ninja)")
+    import time
+
+    from torch.utils import cpp_extension
+
+    from initscope import _native
+    real = cpp_extension.load
+    monkeypatch.setattr(cpp_extension, "load", lambda *a, **k: (time.sleep(0.3), real(*a, **k))[1])  # a slow build
+    monkeypatch.setattr(_native, "NOTICE_AFTER_S", 0.05)
+    assert _philox._build() is not None
+    assert "compiling the Philox kernel" in capfd.readouterr().err
+    monkeypatch.setattr(cpp_extension, "load", real)
+    monkeypatch.setattr(_native, "NOTICE_AFTER_S", 600.0)
+    assert _philox._build() is not None
+    assert capfd.readouterr().err == ""

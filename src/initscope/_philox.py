@@ -7,22 +7,29 @@ words live in int64 tensors; a 32 x 32-bit product (up to 2^64) wraps in int64 a
 and low words are read back with a shift and a mask, which is exact in two's complement.
 Tested against Random123's published known-answer vectors.
 
-Element ``i`` of a tensor uses the counter (i mod 2^32, i div 2^32, 0, 0) and the four
-output words give two 53-bit uniforms; from them:
+Element ``i`` of a tensor takes word ``i mod 4`` of Philox at the counter
+(c mod 2^32, c div 2^32, 0, 0), c = i div 4, as the 32-bit uniform u = (w + 0.5) 2^-32; so one
+Philox call serves four elements:
 
-- normal: Box-Muller, sqrt(-2 ln u1) cos(2 pi u2), in float64;
-- uniform on [-b, b): b (2 u1 - 1);
-- truncated normal on [-2 sigma, 2 sigma]: the inverse CDF of u1 mapped into
-  [Phi(-2), Phi(2)] (the method of ``torch.nn.init.trunc_normal_``), in float64.
+- normal: Box-Muller on the pairs (w0, w1) and (w2, w3): elements 4c .. 4c+3 are
+  r0 cos t0, r0 sin t0, r1 cos t1, r1 sin t1, r = sqrt(-2 ln u), t = 2 pi u, in float64
+  (|values| < 6.7: u >= 2^-33);
+- uniform on [-b, b): b (2 u - 1);
+- truncated normal on [-2 sigma, 2 sigma]: the inverse CDF of u mapped into
+  [Phi(-2), Phi(2)] (the method of ``torch.nn.init.trunc_normal_``), torch's float64 erfinv.
 
-Values are computed in float64 and rounded once to the tensor's dtype. The float64 log,
-cos and erfinv come from each device's math library, so CPU and CUDA agree to the last
-float64 bit in nearly all cases and, after rounding to float32, almost always bitwise.
+Values are computed in float64 and rounded once to the tensor's dtype. log, sin, cos and sqrt
+are not the math library's: they are series and Newton steps of +, -, *, / only (accurate to
+~1e-16; see ``_philox.cpp``), each op IEEE-rounded, so the optional C++ kernel (one pass from
+indices to the output, vectorised, on the CPU) and the torch-ops path (any device; the fallback
+without a compiler) give the same bits, and so does any device whose float64 +, *, / are IEEE
+(CUDA's are; not yet run on a GPU). Only erfinv (truncated normal) is the device's own.
 """
 from __future__ import annotations
 
 import hashlib
 import math
+import sys
 import threading
 import warnings
 from collections.abc import Sequence
@@ -31,6 +38,8 @@ from pathlib import Path
 import torch
 
 from initscope import _native
+from initscope._boxmuller import radius as _radius
+from initscope._boxmuller import turn as _turn
 
 __all__ = ["philox4x32", "key_of", "values", "fill_"]
 
@@ -39,6 +48,7 @@ _W0, _W1 = 0x9E3779B9, 0xBB67AE85
 _MASK = 0xFFFFFFFF
 _CHUNK = 1 << 16  # elements generated at once: ~10 int64 temporaries of 512 KB, cache-sized
 _SOURCE = Path(__file__).with_name("_philox.cpp")
+_NAME = "initscope_philox_fused"  # not the name of the earlier integer-only kernel: no stale cache
 _LOCK = threading.Lock()
 _LO_TRUNC = 0.5 * (1 + math.erf(-2 / math.sqrt(2)))  # Phi(-2)
 
@@ -77,64 +87,87 @@ def key_of(seed: int, name: str) -> tuple[int, int]:
     return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little")
 
 
-def _uniform53(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
-    """A float64 in (0, 1) from 53 bits of two words, centred in its interval (never 0)."""
-    bits = ((hi >> 5) << 26) | (lo >> 6)
-    return (bits.to(torch.float64) + 0.5) * 2.0 ** -53
-
-
 _KERNEL: list = []  # [module or None] once tried
+_NOTICE = ("initscope: compiling the Philox kernel for rng='philox', once per machine (about 30 s; "
+           "INITSCOPE_NO_NATIVE=1 skips it)")
 
 
 def _kernel() -> object | None:
     """The compiled ``_philox.cpp`` (torch's extension cache; compiled once per machine), or None:
-    ``INITSCOPE_NO_NATIVE=1``, no compiler or ninja, or a failed build (then torch ops do it all)."""
+    ``INITSCOPE_NO_NATIVE=1``, no compiler or ninja, or a failed build (then torch ops do it all).
+    A load that takes longer than :data:`initscope._native.NOTICE_AFTER_S` is a compile: stderr says so."""
     if _native.disabled():
         return None
     if not _KERNEL:
         with _LOCK:
             if not _KERNEL:
-                try:
-                    from torch.utils import cpp_extension
-                    if not cpp_extension.is_ninja_available():
-                        raise RuntimeError("no ninja")
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        _KERNEL.append(cpp_extension.load("initscope_philox", [str(_SOURCE)],
-                                                          extra_cflags=["-O3"], verbose=False))
-                except Exception:  # noqa: BLE001 - any build failure: the torch-ops path
-                    _KERNEL.append(None)
+                _KERNEL.append(_build())
     return _KERNEL[0]
 
 
-def _uniforms(index: torch.Tensor, key: tuple[int, int], two: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(u1, u2) from the words (w0, w1) and (w2, w3); by the C++ kernel on the CPU where it
-    is compiled (:mod:`initscope._native`: the same integer arithmetic, the same doubles)."""
-    ext = _kernel() if index.device.type == "cpu" else None
-    if ext is not None:
-        index = index.contiguous()
-        u1 = torch.empty(index.shape, dtype=torch.float64)
-        u2 = torch.empty(index.shape if two else (0,), dtype=torch.float64)
-        ext.philox_uniforms(index, key[0], key[1], u1, u2)
-        return u1, (u2 if two else None)
-    w = philox4x32([index & _MASK, index >> 32, torch.zeros_like(index), torch.zeros_like(index)], key)
-    return _uniform53(w[0], w[1]), (_uniform53(w[2], w[3]) if two else None)
+def _build() -> object | None:
+    from torch.utils import cpp_extension
+
+    if not cpp_extension.is_ninja_available():
+        return None
+    notice = threading.Timer(_native.NOTICE_AFTER_S, lambda: print(_NOTICE, file=sys.stderr, flush=True))
+    notice.daemon = True
+    notice.start()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # -ffp-contract=off: no fused multiply-add, so the bits equal the torch-ops path's
+            return cpp_extension.load(_NAME, [str(_SOURCE)], extra_ldflags=["-fopenmp"], verbose=False,
+                                      extra_cflags=["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"])
+    except Exception:  # noqa: BLE001 - any build failure: the torch-ops path
+        return None
+    finally:
+        notice.cancel()
+
+
+_MODE = {"normal": 0, "uniform": 1, "truncated_normal": 2}
+
+
+def _truncated(u: torch.Tensor) -> torch.Tensor:
+    """The inverse normal CDF of u mapped into [Phi(-2), Phi(2)] (float64 erfinv of torch), cut at +-2."""
+    p = _LO_TRUNC + u * (1.0 - 2.0 * _LO_TRUNC)
+    return torch.special.erfinv(p * 2.0 - 1.0).mul_(math.sqrt(2.0)).clamp_(-2.0, 2.0)
+
+
+def _quads(counter: torch.Tensor, key: tuple[int, int], distribution: str) -> torch.Tensor:
+    """Unit-scale float64 values of elements 4c .. 4c+3 for counters c (int64, >= 0): shape (*c, 4)."""
+    zero = torch.zeros_like(counter)
+    w = philox4x32([counter & _MASK, counter >> 32, zero, zero], key)
+    if distribution == "normal":
+        (c0, s0), (c1, s1) = _turn(w[1]), _turn(w[3])
+        r0, r1 = _radius(w[0]), _radius(w[2])
+        return torch.stack([r0 * c0, r0 * s0, r1 * c1, r1 * s1], dim=-1)
+    u = torch.stack(w, dim=-1).to(torch.float64) + 0.5
+    if distribution == "uniform":
+        return u * 2.0 ** -31 - 1.0
+    return _truncated(u * 2.0 ** -32)
 
 
 def values(index: torch.Tensor, key: tuple[int, int], distribution: str) -> torch.Tensor:
-    """Unit-scale float64 values for the given element indices (int64, >= 0).
+    """Unit-scale float64 values for the given element indices (int64, >= 0), by torch ops.
 
     ``normal``: N(0, 1); ``uniform``: U(-1, 1); ``truncated_normal``: N(0, 1) cut at +-2.
+    Element i takes word i mod 4 of Philox at the counter i div 4 (see the module's docstring).
     """
-    u1, u2 = _uniforms(index, key, distribution == "normal")
-    if distribution == "uniform":
-        return u1 * 2.0 - 1.0
-    if distribution == "truncated_normal":
-        p = _LO_TRUNC + u1 * (1.0 - 2.0 * _LO_TRUNC)
-        return torch.special.erfinv(p * 2.0 - 1.0).mul_(math.sqrt(2.0)).clamp_(-2.0, 2.0)
-    if distribution == "normal":
-        return torch.log(u1).mul_(-2.0).sqrt_().mul_(torch.cos(u2 * (2.0 * math.pi)))
-    raise ValueError(f"no counter-based sampler for {distribution!r}")
+    if distribution not in _MODE:
+        raise ValueError(f"no counter-based sampler for {distribution!r}")
+    quads = _quads(index >> 2, key, distribution)
+    return quads.gather(-1, (index & 3).unsqueeze(-1)).squeeze(-1)
+
+
+def _run_values(starts: torch.Tensor, run: int, key: tuple[int, int], distribution: str) -> torch.Tensor:
+    """Values of the runs [s, s + run) for s in starts, shape (len(starts), run): whole quads of
+    counters (one Philox call and one Box-Muller pair per two values), then each run's slice."""
+    count = (run + 3) // 4 + 1  # counters a run spans, whatever its start's lane
+    counters = (starts >> 2).unsqueeze(-1) + torch.arange(count, dtype=torch.int64, device=starts.device)
+    quads = _quads(counters, key, distribution).reshape(len(starts), 4 * count)
+    at = (starts & 3).unsqueeze(-1) + torch.arange(run, dtype=torch.int64, device=starts.device)
+    return quads.gather(1, at)
 
 
 def _index(local_shape: Sequence[int], offsets: Sequence[int], global_shape: Sequence[int],
@@ -149,6 +182,23 @@ def _index(local_shape: Sequence[int], offsets: Sequence[int], global_shape: Seq
         axis = (torch.arange(lo, hi, dtype=torch.int64, device=device) + off) * stride
         index = index.unsqueeze(-1) + axis if d else axis
     return index
+
+
+def _runs(shape: Sequence[int], offsets: Sequence[int], global_shape: Sequence[int],
+          rows: tuple[int, int], device: torch.device = torch.device("cpu")) -> tuple[torch.Tensor, int]:
+    """Rows [rows[0], rows[1]) of a shard as runs of consecutive global indices: (starts, run length).
+
+    Trailing dimensions the shard holds whole merge into one run with the last partial one."""
+    k = len(shape) - 1
+    while k > 0 and shape[k] == global_shape[k] and offsets[k] == 0:
+        k -= 1
+    inner = math.prod(global_shape[k + 1:])
+    if k == 0:
+        start = torch.tensor([(rows[0] + offsets[0]) * inner], dtype=torch.int64, device=device)
+        return start, (rows[1] - rows[0]) * inner
+    starts = _index(shape[:k], offsets[:k], tuple(global_shape[:k]) + (global_shape[k] * inner,), rows,
+                    device).reshape(-1)
+    return starts.add_(offsets[k] * inner).contiguous(), shape[k] * inner
 
 
 def fill_(local: torch.Tensor, key: tuple[int, int], distribution: str, scale: float,
@@ -172,11 +222,35 @@ def fill_(local: torch.Tensor, key: tuple[int, int], distribution: str, scale: f
     offsets = tuple(offsets) if offsets is not None else (0,) * len(shape)
     global_shape = tuple(global_shape) if global_shape is not None else shape
     start, stop = rows if rows is not None else (0, shape[0])
-    per_row = max(1, math.prod(shape[1:]))
-    step = max(1, _CHUNK // per_row)
+    if stop <= start or 0 in shape:
+        return local
+    ext = _kernel() if local.device.type == "cpu" else None
     with torch.no_grad():
+        if ext is not None and distribution != "truncated_normal":
+            _fill_native(ext, local[start:stop], _runs(shape, offsets, global_shape, (start, stop)),
+                         key, _MODE[distribution], scale)
+            return local
+        per_row = max(1, math.prod(shape[1:]))
+        step = max(1, _CHUNK // per_row)
         for a in range(start, stop, step):
             b = min(stop, a + step)
-            idx = _index(shape, offsets, global_shape, (a, b), local.device)
-            local[a:b].copy_(values(idx, key, distribution).mul_(scale))
+            if ext is not None:  # truncated normal: the kernel's uniforms, torch's erfinv
+                u = torch.empty((b - a, *shape[1:]), dtype=torch.float64)
+                ext.philox_fill(u, *_runs(shape, offsets, global_shape, (a, b)), key[0], key[1], 2, 1.0)
+                local[a:b].copy_(_truncated(u).mul_(scale))
+            else:
+                starts, run = _runs(shape, offsets, global_shape, (a, b), local.device)
+                chunk = _run_values(starts, run, key, distribution).mul_(scale)
+                local[a:b].copy_(chunk.reshape(local[a:b].shape))
     return local
+
+
+def _fill_native(ext: object, target: torch.Tensor, runs: tuple[torch.Tensor, int], key: tuple[int, int],
+                 mode: int, scale: float) -> None:
+    """The kernel writes float32 / float64 contiguous targets in place, others through a float64 copy
+    (then rounded by ``copy_``, as the torch-ops path rounds its float64 values)."""
+    direct = target.is_contiguous() and target.dtype in (torch.float32, torch.float64)
+    out = target if direct else torch.empty(target.shape, dtype=torch.float64)
+    ext.philox_fill(out, runs[0], runs[1], key[0], key[1], mode, scale)
+    if not direct:
+        target.copy_(out)

@@ -184,8 +184,9 @@ def initialize(model: nn.Module, scheme: str = "kaiming", example_input: object 
     ``rng`` picks the generator: ``"torch"``, a ``torch.Generator`` per parameter (fast; its
     values depend on the device); ``"philox"``, the counter-based Philox4x32-10 of
     :mod:`initscope._philox`, every value a pure function of (seed, name, element index),
-    the same on any device and any world size, each rank writing only its shard of a DTensor
-    (about 50x slower on a CPU: see ``benchmarks/RESULTS.md``); ``"auto"`` (default), philox
+    the same on any world size (and device, but for truncated normal's erfinv), each rank
+    writing only its shard of a DTensor (on a CPU with the optional C++ kernel about as fast
+    as torch's; ~16x slower without a compiler: see ``benchmarks/RESULTS.md``); ``"auto"`` (default), philox
     when the model holds DTensor parameters, else torch.
 
     Examples:
