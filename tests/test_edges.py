@@ -53,6 +53,29 @@ class Row:
 
 
 # ---------------------------------------------------------------- models and inputs
+@dataclass(frozen=True)
+class Fields:
+    x: torch.Tensor
+
+
+class FieldsModel(nn.Module):
+    """Takes a dataclass batch."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(4, 8)
+
+    def forward(self, batch: Fields) -> torch.Tensor:
+        return self.lin(batch.x)
+
+
+class SizeModel(FieldsModel):
+    """Takes a batch size and draws its own input (the model's own randomness, from a fixed seed)."""
+
+    def forward(self, n: int) -> torch.Tensor:
+        return self.lin(torch.randn(n, 4, generator=torch.Generator().manual_seed(1)))
+
 def mlp() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -267,10 +290,15 @@ ROWS = [
     Row("probe zero-sample batch", lambda m: I.probe(m, X4[:0]), raises(E.ShapeError, "zero samples"), model=mlp),
     Row("probe single sample", lambda m: I.probe(m, X4[:1]),
         works("8 values measured at layer 0", lambda t, _: t.layers[0].forward.count == 8), model=mlp),
-    Row("probe list of floats", lambda m: I.probe(m, [[1.0] * 4]), raises(E.ArgumentTypeError, "inputs hold no tensor"), model=mlp),
+    Row("probe list of floats", lambda m: I.probe(m, [[1.0] * 4]), raises(E.ForwardError, "`0` (Linear) raised TypeError"),
+        model=mlp),
+    Row("probe dataclass batch", lambda m: I.probe(m, Fields(X4)),
+        works("the forward reads the fields", lambda t, _: t.layers[0].forward.count == 16 * 8), model=FieldsModel),
+    Row("probe a batch size, no tensor", lambda m: I.probe(m, 8),
+        works("the forward makes its own input", lambda t, _: t.layers[0].forward.count == 64), model=SizeModel),
     Row("probe numpy batch", lambda m: I.probe(m, np.zeros((2, 4), np.float32)),
         raises(E.ArgumentTypeError, "torch.from_numpy"), model=mlp),
-    Row("probe None", lambda m: I.probe(m, None), raises(E.ArgumentTypeError, "got NoneType"), model=mlp),
+    Row("probe None", lambda m: I.probe(m, None), raises(E.ArgumentTypeError, "inputs is None"), model=mlp),
     Row("probe a string", lambda _: I.probe("m", X4), raises(E.ModelError, "probe needs a torch.nn.Module, got str")),
     Row("probe int batch into Linear", lambda m: I.probe(m, X4.long()), raises(E.ForwardError, "`0` (Linear) raised RuntimeError"),
         model=mlp),

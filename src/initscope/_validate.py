@@ -20,6 +20,7 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -105,7 +106,7 @@ def module(model: object, who: str) -> None:
 
 def _first_tensor(obj: Any, path: str, depth: int = 0) -> tuple[str, Any] | None:
     """The first tensor (or numpy array) in nested tuples, lists and mappings, with its path."""
-    if isinstance(obj, torch.Tensor) or type(obj).__module__ == "numpy" and hasattr(obj, "shape"):
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
         return path, obj
     if depth > 4:
         return None
@@ -118,17 +119,21 @@ def _first_tensor(obj: Any, path: str, depth: int = 0) -> tuple[str, Any] | None
 
 
 def batch(inputs: Any, who: str) -> None:
-    """Reject a batch that would be measured as healthy while holding nothing: no tensor at all,
-    a numpy array, or a first tensor with zero elements (a batch of zero samples).
+    """Reject a batch that is certainly wrong: None, a numpy array, or a first tensor with zero
+    elements (a batch of zero samples would be measured as healthy while holding nothing).
+    Anything else the walk cannot see into (a dataclass, a number the forward takes) goes to
+    the model, whose own error, if any, names the layer.
 
     Raises:
-        ArgumentTypeError: no tensor in ``inputs``, or a numpy array where a tensor is needed.
+        ArgumentTypeError: ``inputs`` is None, or holds a numpy array where a tensor is needed.
         ShapeError: the first tensor has zero elements.
     """
+    if inputs is None:
+        raise ArgumentTypeError(f"{who}: inputs is None (got NoneType); pass a batch as a tensor, a tuple "
+                                "of positional arguments or a dict of keyword arguments")
     found = _first_tensor(inputs, "inputs")
     if found is None:
-        raise ArgumentTypeError(f"{who}: inputs hold no tensor (got {type(inputs).__name__}); pass a batch "
-                                "as a tensor, a tuple of positional arguments or a dict of keyword arguments")
+        return
     path, t = found
     if not isinstance(t, torch.Tensor):
         raise ArgumentTypeError(f"{who}: {path} is a numpy array; convert it with torch.from_numpy(...)")
