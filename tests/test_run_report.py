@@ -1,7 +1,6 @@
 """The HTML report of a run: findings on synthetic runs with known answers, the size and
 opening time of a long run, and the page in real Chromium (as tests/test_browser.py does)."""
 import os
-import time
 
 import numpy as np
 import pytest
@@ -80,14 +79,11 @@ def test_a_short_spike_is_not_a_state_and_thresholds_apply():
     assert [f.kind for f in run_findings(run, RunThresholds(persist=2))] == ["dead_trend"]
 
 
-def test_a_long_run_stays_small_and_is_built_quickly():
+def test_a_long_run_stays_small():
     run = synthetic()
     assert len(run.steps) == 1000 and len(run.layers("forward")) == 50
-    t = time.perf_counter()
     page = run.report()
-    took = time.perf_counter() - t
-    assert len(page.encode()) < 5_000_000
-    assert took < 20  # about 1.3 s alone on one core; generous for a shared, loaded machine
+    assert len(page.encode()) < 5_000_000  # the build and opening times: benchmarks/run_report_open.py
     assert page.count("<img") == 100 and page.count('<figure class="chart">') == 7
 
 
@@ -113,9 +109,7 @@ def test_the_long_run_report_opens_in_chromium(browser, tmp_path):
     page.on("request", lambda r: requests.append(r.url))
     page.goto(path.as_uri())
     page.wait_for_load_state("load")
-    opened = page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd") / 1000
-    assert errors == [] and requests == [path.as_uri()]  # nothing fetched
-    assert opened < 2.0
+    assert errors == [] and requests == [path.as_uri()]  # nothing fetched (opening time: the benchmark)
     charts = page.locator("#steps figure.chart svg")
     assert charts.count() == 7
     for i in range(charts.count()):
