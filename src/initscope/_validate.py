@@ -117,9 +117,10 @@ def _first_tensor(obj: Any, path: str, depth: int = 0) -> tuple[str, Any] | None
     return None
 
 
-def batch(inputs: Any, who: str) -> None:
+def batch(inputs: Any, who: str, empty_ok: bool = False) -> torch.Tensor:
     """Reject a batch that would be measured as healthy while holding nothing: no tensor at all,
-    a numpy array, or a first tensor with zero elements (a batch of zero samples).
+    a numpy array, or (unless ``empty_ok``: a rank's share of a batch in a process group) a first
+    tensor with zero elements (a batch of zero samples). Returns that first tensor.
 
     Raises:
         ArgumentTypeError: no tensor in ``inputs``, or a numpy array where a tensor is needed.
@@ -132,9 +133,10 @@ def batch(inputs: Any, who: str) -> None:
     path, t = found
     if not isinstance(t, torch.Tensor):
         raise ArgumentTypeError(f"{who}: {path} is a numpy array; convert it with torch.from_numpy(...)")
-    if t.numel() == 0:
+    if t.numel() == 0 and not empty_ok:
         raise ShapeError(f"{who}: {path} has shape {tuple(t.shape)}, zero elements: a batch of zero samples "
                          "measures nothing; pass at least one sample (two or more for a std)")
+    return t
 
 
 # Activation parameters: name -> (argument's meaning, lower bound, strict, fix)
