@@ -354,7 +354,8 @@ def lsuv(model: nn.Module, batch: Any, *, target_std: float = 1.0, center: bool 
         ModelError: no eligible layer. LayerError: a chosen layer has no weight, or its output is
         constant or NaN (a dead input). ShapeError: fewer than 2 samples per output unit.
         ArgumentError: a NaN/inf batch or a bad number. UnknownOptionError: a bad ``pre_init`` or
-        layer name. ForwardError: the model raised. Weights are restored before any raise.
+        layer name. ForwardError: the model raised. DistributedError: in a process group, the
+        ranks ran different layers, or a rank raised (every rank raises it). Weights are restored before any raise.
 
     Examples:
         >>> from initscope import zoo

@@ -295,7 +295,8 @@ def probe(model: nn.Module, inputs: Any, *, loss_fn: Callable | None = None, tar
     Raises:
         ModelError: ``model`` is not a module, has lazy parameters, or the selection is empty.
         ArgumentTypeError: ``inputs`` hold no tensor, or a numpy array.
-        ShapeError: the first input tensor has zero elements (a batch of zero samples measures nothing).
+        ShapeError: the first input tensor has zero elements (a batch of zero samples measures nothing);
+            in a process group, on every rank (one rank's share may be empty).
         LossError: a target without ``loss_fn``, a failing ``loss_fn``, or a non-scalar loss.
         ForwardError: the model raised; names the layer that was running and those completed.
     """
