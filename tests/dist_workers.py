@@ -255,3 +255,60 @@ def _cli_worker(rank: int, world: int, spec: str, out_dir: str) -> tuple:
     path = os.path.join(out_dir, f"stats{rank}.json")
     code = main(["probe", spec, "--json", path], out=out, width=100)
     return code, out.getvalue(), os.path.exists(path)
+
+
+# ---- regressions of issue 13's review: ranks that take different paths -----------------------------
+
+class _Branchy(nn.Module):
+    """Layer `b` runs on rank 0 only (a data-dependent branch, an MoE expert without tokens)."""
+
+    def __init__(self, skip_b: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c, self.skip_b = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16), skip_b
+
+    def forward(self, x):
+        x = self.a(x)
+        return self.c(x if self.skip_b else self.b(x) * 5)
+
+
+class _IntParam(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.steps = nn.Parameter(torch.zeros(3, dtype=torch.int64), requires_grad=False)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+def _paths_worker(rank: int, world: int) -> dict:
+    """B4 (LSUV on ranks that run different layers), B5 (Recorder, integer parameter), B7 (a rank
+    with zero samples; zero samples everywhere), in one group."""
+    import initscope
+    from initscope import distributed
+    from initscope.errors import DistributedError, ShapeError
+    distributed.set_timeout(20)
+    out = {}
+    model = _Branchy(skip_b=rank == 1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    try:
+        initscope.lsuv(model, torch.randn(64, 16, generator=torch.Generator().manual_seed(rank)) * (1 + 10 * rank))
+        out["lsuv"] = ("no error",)
+    except DistributedError as e:
+        restored = all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+        out["lsuv"] = ("DistributedError", e.rank, e.name, str(e), restored)
+    model = _IntParam()
+    with initscope.Recorder(model) as rec:
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        rec.step()
+    out["recorder"] = sorted({row.layer for row in rec.history})
+    x = distributed.batch_shard(torch.randn(1, 4, generator=torch.Generator().manual_seed(5)))
+    trace = initscope.probe(nn.Linear(4, 4), x)
+    out["one_sample"] = (x.shape[0], trace.inputs[0].forward.count, trace.layers[0].outputs[0].forward.count)
+    try:
+        initscope.probe(nn.Linear(4, 4), torch.randn(0, 4))
+        out["empty"] = ("no error",)
+    except ShapeError as e:
+        out["empty"] = ("ShapeError", str(e))
+    return out

@@ -30,7 +30,9 @@ def test_different_models_name_the_rank_and_parameter():
 def test_a_rank_that_never_arrives_times_out():
     (kind, seconds, message), _ = run(_late_worker, 2, timeout=60)
     assert kind == "DistributedError" and "probe" in message
-    assert seconds < 10  # the bound set was 3 s; the sleeping rank returns after 12 s
+    # the bound set was 3 s; the sleeping rank only returns after 12 s: an answer before then came from
+    # the bound, however slow the machine (no fixed ceiling that load alone could break)
+    assert 3 <= seconds < 12
 
 
 def test_without_a_group_nothing_is_reduced():

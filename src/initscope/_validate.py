@@ -118,11 +118,12 @@ def _first_tensor(obj: Any, path: str, depth: int = 0) -> tuple[str, Any] | None
     return None
 
 
-def batch(inputs: Any, who: str) -> None:
-    """Reject a batch that is certainly wrong: None, a numpy array, or a first tensor with zero
-    elements (a batch of zero samples would be measured as healthy while holding nothing).
-    Anything else the walk cannot see into (a dataclass, a number the forward takes) goes to
-    the model, whose own error, if any, names the layer.
+def batch(inputs: Any, who: str, empty_ok: bool = False) -> torch.Tensor | None:
+    """Reject a batch that is certainly wrong: None, a numpy array, or (unless ``empty_ok``: a
+    rank's share of a batch in a process group) a first tensor with zero elements (a batch of
+    zero samples would be measured as healthy while holding nothing). Anything else the walk
+    cannot see into (a dataclass, a number the forward takes) goes to the model, whose own
+    error, if any, names the layer. Returns the first tensor (None when none is seen).
 
     Raises:
         ArgumentTypeError: ``inputs`` is None, or holds a numpy array where a tensor is needed.
@@ -133,13 +134,14 @@ def batch(inputs: Any, who: str) -> None:
                                 "of positional arguments or a dict of keyword arguments")
     found = _first_tensor(inputs, "inputs")
     if found is None:
-        return
+        return None
     path, t = found
     if not isinstance(t, torch.Tensor):
         raise ArgumentTypeError(f"{who}: {path} is a numpy array; convert it with torch.from_numpy(...)")
-    if t.numel() == 0:
+    if t.numel() == 0 and not empty_ok:
         raise ShapeError(f"{who}: {path} has shape {tuple(t.shape)}, zero elements: a batch of zero samples "
                          "measures nothing; pass at least one sample (two or more for a std)")
+    return t
 
 
 # Activation parameters: name -> (argument's meaning, lower bound, strict, fix)

@@ -36,7 +36,7 @@ import torch
 from initscope.errors import DistributedError
 
 __all__ = ["active", "per_rank", "rank", "world_size", "is_writer", "launched", "batch_shard", "is_dtensor", "local", "full", "local_shard",
-           "set_timeout", "get_timeout", "Reducer", "agree", "global_sum", "reduce_stats", "section", "model_signature", "reshard"]
+           "set_timeout", "get_timeout", "Reducer", "agree", "global_sum", "replicated_keys", "reduce_stats", "section", "model_signature", "reshard"]
 
 _TIMEOUT = [300.0]
 _OFF = [0]
@@ -97,13 +97,14 @@ def launched() -> Iterator[bool]:
 
 
 def batch_shard(x: object) -> object:
-    """This rank's part of a batch: tensors cut along dim 0 as ``torch.chunk`` does (nested
-    tuples, lists and dicts followed); everything else as given. Without a group: ``x``."""
+    """This rank's part of a batch: tensors cut along dim 0 into one part per rank as
+    ``torch.tensor_split`` does (sizes differ by at most one; with fewer samples than ranks the
+    last ranks get zero samples), nested tuples, lists and dicts followed; everything else as
+    given. Without a group: ``x``."""
     if not active():
         return x
     if isinstance(x, torch.Tensor):
-        parts = x.chunk(world_size()) if x.dim() else [x] * world_size()
-        return parts[rank()] if rank() < len(parts) else x[:0]
+        return torch.tensor_split(x, world_size())[rank()] if x.dim() else x
     if isinstance(x, (tuple, list)):
         return type(x)(batch_shard(v) for v in x)
     if isinstance(x, dict):
@@ -299,6 +300,27 @@ class Reducer:
         return buf.numpy()
 
 
+    def keyed_sum(self, t: torch.Tensor, key: object) -> torch.Tensor:
+        """The sum over ranks of ``t`` (float64, on ``t``'s device), checking that every rank sums
+        the same ``key`` (e.g. a layer's name and call index): one all_reduce after the first.
+
+        Raises:
+            DistributedError: on every rank, when a rank's key differs from rank 0's (the ranks
+                reached different layers: a data-dependent branch, an expert unused on a rank).
+        """
+        sig = _digest(key)
+        vec = np.concatenate([np.array(sig), t.detach().to("cpu", torch.float64).reshape(-1).numpy()])
+        rows = self.exchange(vec, [(self.what, "keyed", len(vec))])
+        if not (rows[:, :2] == rows[0, :2]).all():
+            keys: list = [None] * world_size()
+            torch.distributed.all_gather_object(keys, str(key))
+            r = next(i for i, k in enumerate(keys) if k != keys[0])
+            raise DistributedError(f"{self.what}: the ranks ran different layers: rank {r} reached {keys[r]} where "
+                                   f"rank 0 reached {keys[0]}; every rank must run the same layers in the same order "
+                                   "(no data-dependent branch or expert skipped on a rank)", rank=r, name=keys[r])
+        return torch.from_numpy(rows[:, 2:].sum(0)).reshape(t.shape).to(t.device)
+
+
 def global_sum(t: torch.Tensor, what: str) -> torch.Tensor:
     """The sum of ``t`` over ranks (float64, bounded wait); ``t`` itself without a process group."""
     if not active():
@@ -306,6 +328,12 @@ def global_sum(t: torch.Tensor, what: str) -> torch.Tensor:
     buf = t.detach().to("cpu", torch.float64, copy=True)
     _all_reduce(buf, what)
     return buf.to(t.device)
+
+
+def replicated_keys(params: Sequence[tuple[str, torch.Tensor]]) -> frozenset:
+    """The statistics keys that stay this rank's own: value and grad of every plain (replicated,
+    e.g. under DDP) parameter; a DTensor's shards are merged over ranks."""
+    return frozenset(k for n, p in params if not is_dtensor(p) for k in (("value", n), ("grad", n)))
 
 
 def agree(layout: list, what: str) -> None:

@@ -90,8 +90,8 @@ class _Pass:
     """The hooks of one forward pass. mode 'all' corrects every layer in flight, 'fix' only those
     outside tol, 'check' measures only. A layer that runs twice is corrected after the pass."""
 
-    def __init__(self, mode: str, opts: dict):
-        self.mode, self.opts, self.step = mode, opts, 0
+    def __init__(self, mode: str, opts: dict, k: int = 1, reducer: distributed.Reducer | None = None):
+        self.mode, self.opts, self.step, self.k, self.reducer = mode, opts, 0, k, reducer
         self.completed: list[str] = []
         self.last: tuple[_Slot, torch.Tensor] | None = None
 
@@ -113,8 +113,9 @@ class _Pass:
             y = output[0] if isinstance(output, tuple) else output
             ch = y.dim() - _scaled(module).weight.dim() + 1 if isinstance(module, _CONVS) else y.dim() - 1
             v, n = _sums(name, module, y, ch), float(y.numel())
-            if distributed.active():  # global sums: the same scale on every rank
-                both = distributed.global_sum(torch.cat([v, v.new_tensor([n])]), f"lsuv `{name}`")
+            if self.reducer is not None:  # global sums of the same layer: the same scale on every rank
+                key = f"`{name}` (call {slot.calls + 1} in pass {self.k})"
+                both = self.reducer.keyed_sum(torch.cat([v, v.new_tensor([n])]), key)
                 v, n = both[:5], float(both[5])
             slot.order, self.step = min(slot.order, self.step), self.step + 1
             slot.add(v, n)
@@ -248,9 +249,12 @@ def _quiet(model: nn.Module):
 
 # ---- the passes, and the public entry point -------------------------------------------------------
 
-def _run_pass(model: nn.Module, batch: Any, slots: list[_Slot], mode: str, opts: dict, k: int) -> bool:
-    """One forward pass; True when it changed a weight. Statistics reach the host once, here."""
-    run = _Pass(mode, opts)
+def _run_pass(model: nn.Module, batch: Any, slots: list[_Slot], mode: str, opts: dict, k: int,
+              reducer: distributed.Reducer | None = None) -> bool:
+    """One forward pass; True when it changed a weight. Statistics reach the host once, here.
+    In a process group every layer call, and the end of the pass, is checked to be the same on
+    every rank (a rank that skipped a layer would otherwise pair its sums with another layer's)."""
+    run = _Pass(mode, opts, k, reducer)
     for slot in slots:
         slot.calls, slot.n, slot.applied = 0, 0.0, torch.zeros_like(slot.applied)
     with _hooks(model, slots, run):
@@ -262,6 +266,8 @@ def _run_pass(model: nn.Module, batch: Any, slots: list[_Slot], mode: str, opts:
             raise ForwardError(f"the model raised {type(e).__name__} during LSUV pass {k}: {e}; layers that "
                                f"finished: {', '.join(run.completed) or 'none'}; weights restored",
                                completed=run.completed) from e
+    if reducer is not None:
+        reducer.keyed_sum(torch.zeros(6, dtype=torch.float64), f"the end of pass {k}")
     ran = sorted((slot for slot in slots if slot.calls), key=lambda slot: slot.order)
     for slot in ran if mode == "fix" else ():
         if slot.multi:
@@ -348,7 +354,8 @@ def lsuv(model: nn.Module, batch: Any, *, target_std: float = 1.0, center: bool 
         ModelError: no eligible layer. LayerError: a chosen layer has no weight, or its output is
         constant or NaN (a dead input). ShapeError: fewer than 2 samples per output unit.
         ArgumentError: a NaN/inf batch or a bad number. UnknownOptionError: a bad ``pre_init`` or
-        layer name. ForwardError: the model raised. Weights are restored before any raise.
+        layer name. ForwardError: the model raised. DistributedError: in a process group, the
+        ranks ran different layers, or a rank raised (every rank raises it). Weights are restored before any raise.
 
     Examples:
         >>> from initscope import zoo
@@ -365,12 +372,13 @@ def lsuv(model: nn.Module, batch: Any, *, target_std: float = 1.0, center: bool 
     slots = _select(model, layers)
     params = {id(p): p for slot in slots for _, m in slot.modules for p in m.parameters()}.values()
     opts = {"target_std": float(target_std), "center": bool(center), "tol": float(tol)}
-    with rollback(params), _quiet(model):
+    reducer = distributed.Reducer("lsuv") if distributed.active() else None
+    with rollback(params), _quiet(model), distributed.section(reducer):
         if pre_init is not None:
             _pre_init(slots, pre_init, generator)
         for k in range(1, max_passes + 1):
             mode = "all" if k == 1 else "check" if k == max_passes else "fix"
-            if not _run_pass(model, batch, slots, mode, opts, k) and k > 1:
+            if not _run_pass(model, batch, slots, mode, opts, k, reducer) and k > 1:
                 break
     slots.sort(key=lambda slot: slot.order)
     return LsuvReport(tuple(_layer(slot, opts) for slot in slots), opts["target_std"], opts["center"], opts["tol"], k)

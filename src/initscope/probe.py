@@ -33,7 +33,7 @@ from initscope import distributed
 from initscope import _validate as check
 from initscope._select import ModuleSelection, select_modules
 from initscope._state import call, main_output, map_tensors, preserved
-from initscope.errors import ForwardError, LossError, ModelError
+from initscope.errors import ForwardError, LossError, ModelError, ShapeError
 from initscope.stats import StatsAccumulator
 from initscope.trace import LayerRecord, OutputRecord, ParamRecord, Trace
 
@@ -295,12 +295,13 @@ def probe(model: nn.Module, inputs: Any, *, loss_fn: Callable | None = None, tar
     Raises:
         ModelError: ``model`` is not a module, has lazy parameters, or the selection is empty.
         ArgumentTypeError: ``inputs`` hold no tensor, or a numpy array.
-        ShapeError: the first input tensor has zero elements (a batch of zero samples measures nothing).
+        ShapeError: the first input tensor has zero elements (a batch of zero samples measures nothing);
+            in a process group, on every rank (one rank's share may be empty).
         LossError: a target without ``loss_fn``, a failing ``loss_fn``, or a non-scalar loss.
         ForwardError: the model raised; names the layer that was running and those completed.
     """
     check.module(model, "probe")
-    check.batch(inputs, "probe")
+    first = check.batch(inputs, "probe", empty_ok=distributed.active())  # a rank's share may be empty
     if target is not None and loss_fn is None:
         raise LossError("a target was given without a loss_fn to use it; pass loss_fn=, "
                         "e.g. torch.nn.functional.cross_entropy")
@@ -309,10 +310,11 @@ def probe(model: nn.Module, inputs: Any, *, loss_fn: Callable | None = None, tar
         raise ModelError(f"parameters {', '.join(lazy[:4])} are not initialized yet (lazy modules), and "
                          "probe would have to create them; run one forward pass before probing")
     tap = Tap(model, select_modules(model, modules), StatsAccumulator(), track=True)
-    params = list(dict((id(p), (n, p)) for n, p in model.named_parameters() if p.is_floating_point()).values())
+    params = measured_params(model)
     leaves = [t for _, t in walk(inputs) if t.requires_grad and t.is_leaf]
     notes, loss = [], None
     reducer = distributed.Reducer("probe") if distributed.active() else None
+    _check_global_batch(first, reducer)
     with distributed.section(reducer), preserved(model, params=True, leaves=leaves), tap, \
             torch.inference_mode(False), torch.set_grad_enabled(backward):
         inputs = _usable(inputs)
@@ -331,6 +333,28 @@ def probe(model: nn.Module, inputs: Any, *, loss_fn: Callable | None = None, tar
             _backward(tap, loss, params, leaves, notes)
         host = _host(tap, params, reducer)
     return _trace(tap, params, inputs, loss, notes, host)
+
+
+def _check_global_batch(first: torch.Tensor | None, reducer: distributed.Reducer | None) -> None:
+    """In a process group: the same ShapeError on every rank when all ranks' shares are empty
+    (one share may be: 5 samples over 8 ranks). Empty statistics merge as no data. A batch
+    with no tensor the walk can see (a dataclass) counts as not empty."""
+    if reducer is None:
+        return
+    size = 1.0 if first is None else float(first.numel())
+    total = int(reducer.keyed_sum(torch.tensor([size]), "probe batch size").item())
+    if total == 0:
+        raise ShapeError(f"probe: the first input tensor has zero elements on every rank (shape "
+                         f"{tuple(first.shape) if first is not None else ()} here): a batch of zero samples measures nothing; pass at least one "
+                         "sample (two or more for a std)")
+
+
+def measured_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The parameters probe and the Recorder measure: (first name, parameter), once per object
+    (tied weights once), floating point only (an integer buffer-like parameter has no statistics
+    to merge), lazy ones left out."""
+    return list(dict((id(p), (n, p)) for n, p in model.named_parameters()
+                     if not is_lazy(p) and p.is_floating_point()).values())
 
 
 def _backward(tap: Tap, loss: torch.Tensor, params: list, leaves: list, notes: list[str]) -> None:
@@ -352,8 +376,7 @@ def _backward(tap: Tap, loss: torch.Tensor, params: list, leaves: list, notes: l
 
 def _host(tap: Tap, params: list, reducer: distributed.Reducer | None) -> dict:
     """Host statistics; in a process group, merged over ranks (replicated parameters stay local)."""
-    local = frozenset(k for n, p in params if not distributed.is_dtensor(p) for k in (("value", n), ("grad", n)))
-    items = distributed.reduce_stats(tap.acc.to_host(), reducer, local_keys=local,
+    items = distributed.reduce_stats(tap.acc.to_host(), reducer, local_keys=distributed.replicated_keys(params),
                                      signature=distributed.model_signature(params))
     host: dict = {}
     for key, s in items:

@@ -43,13 +43,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parameter import is_lazy
 
 from initscope import distributed
 from initscope import _validate as check
 from initscope.diagnose import Finding, diagnose_run
 from initscope.errors import ArgumentError
-from initscope.probe import LayerRecord, ModuleSelection, OutputRecord, ParamRecord, Tap, Trace, select_modules
+from initscope.probe import (LayerRecord, ModuleSelection, OutputRecord, ParamRecord, Tap, Trace, measured_params,
+                             select_modules)
 from initscope.stats import FORMATS, Stats, StatsAccumulator
 
 if TYPE_CHECKING:
@@ -112,8 +112,7 @@ class Recorder:
                 raise ArgumentError(f"{name} must be a whole number >= 1; got {v!r}")
         self.model, self.every, self.max_rows = model, every, max_rows
         self.watched = select_modules(model, modules)
-        self._params = list(dict((id(p), (n, p)) for n, p in model.named_parameters()
-                                 if not is_lazy(p) and p.is_floating_point()).values())
+        self._params = measured_params(model)
         self._step = 0
         self._tap: Tap | None = None
         self._acc = StatsAccumulator()
@@ -158,7 +157,7 @@ class Recorder:
             return
         self._acc.clear()  # one accumulator for the run: its buffers are reused step after step
         if distributed.active():  # FSDP2 replaces its parameter objects on its first forward
-            self._params = list(dict((id(p), (n, p)) for n, p in self.model.named_parameters() if not is_lazy(p)).values())
+            self._params = measured_params(self.model)
         self._tap = Tap(self.model, self.watched, self._acc).__enter__()
         acc = self._tap.acc
         for name, p in self._params:
@@ -198,8 +197,8 @@ class Recorder:
         for name, p in self._params:
             if distributed.is_dtensor(p) and p.grad is not None:
                 tap.acc.add(("grad", name), distributed.local(p.grad))
-        local = frozenset(k for n, p in self._params if not distributed.is_dtensor(p) for k in (("value", n), ("grad", n)))
-        return distributed.reduce_stats(tap.acc.to_host(), self._reducer, local_keys=local,
+        return distributed.reduce_stats(tap.acc.to_host(), self._reducer,
+                                        local_keys=distributed.replicated_keys(self._params),
                                         signature=distributed.model_signature(self._params))
 
     def _store(self, per: dict[tuple[str, str], Stats]) -> None:
