@@ -97,7 +97,7 @@ def _shift(call: Call) -> Outcome | None:
     text = f"{d:.4g} - {wrap(x.text)}" if flip and c == -1.0 else (
         f"{d:.4g} - {alpha:.4g} * {wrap(x.text)}" if flip else f"{wrap(x.text)} + {d:.4g}")
     out = Signal(text, c * x.mean + d, c * c * x.second + d * d + 2.0 * c * d * x.mean, elems=x.elems,
-                 formula=f"{c * c:.4g} x {x.second:.4g} + shift {d:.4g}" if c * c != 1.0 else f"{x.second:.4g} + shift {d:.4g}")
+                 formula=(f"{c * c:.4g} x " if c * c != 1.0 else "") + f"{x.second:.4g} + shift {d:.4g}")
     return Outcome([out], [(c * c, f" * {c:.4g}" if c * c != 1.0 else "")])
 
 
@@ -123,30 +123,37 @@ def _broadcast(call: Call, i: int) -> bool:
 
 
 def total(call: Call, sign: float = 1.0) -> Outcome | None:
-    """a + b (sign 1) or a - b (sign -1) of traced operands taken as independent."""
+    """a + w b (``add``, w = alpha) or a - w b (``sub``) of traced operands taken as independent."""
     alpha = _real(call.kwargs.get("alpha", 1.0))
-    every = [(call.sig(v), 1.0 if i == 0 else sign * alpha) for i, v in enumerate(call.values)] if alpha is not None else []
-    pairs = [(s, w) for s, w in every if s is not None]
-    if not pairs:
+    if alpha is None:
         return None
-    if len(pairs) == 1:  # the other operand untraced: a number (a 0-d tensor) shifts, else left out
-        x, w = pairs[0]
-        if x is every[0][0] and _one(call)[0] is not None:
-            return _shift(call)
-        if w == 1.0:
-            return _same(call, x)
-        out = Signal(f"{w:.4g} * {wrap(x.text)}", w * x.mean, w * w * x.second, elems=x.elems,
-                     formula=f"{w:.4g}^2 x {x.second:.4g}")
-        return Outcome([out], [(w * w, f" * {w:.4g}") if s is not None else None for s, _ in every])
+    every = [(call.sig(v), 1.0 if i == 0 else sign * alpha) for i, v in enumerate(call.values)]
+    pairs = [(s, w) for s, w in every if s is not None]
+    if len(pairs) <= 1:
+        return _lone(call, every, pairs)
     second = sum(w * w * s.second for s, w in pairs)
     second += 2 * sum(pairs[i][1] * pairs[j][1] * pairs[i][0].mean * pairs[j][0].mean
                       for i in range(len(pairs)) for j in range(i + 1, len(pairs)))
     op = " + " if sign > 0 else " - "
     scaled = [wrap(s.text) if abs(w) == 1.0 else f"{abs(w):.4g} * {wrap(s.text)}" for s, w in pairs]
+    terms = [f"{w * w:.4g} x {s.second:.4g}" if w * w != 1.0 else f"{s.second:.4g}" for s, w in pairs]
     out = Signal(op.join(scaled), sum(w * s.mean for s, w in pairs), second,
-                 elems=frozenset().union(*(s.elems for s, _ in pairs)),
-                 formula=" + ".join(f"{w * w:.4g} x {s.second:.4g}" if w * w != 1.0 else f"{s.second:.4g}" for s, w in pairs))
+                 elems=frozenset().union(*(s.elems for s, _ in pairs)), formula=" + ".join(terms))
     return Outcome([out], [(w * w, f" * {abs(w):.4g}" if w * w != 1.0 else "") for _, w in every])
+
+
+def _lone(call: Call, every: list, pairs: list) -> Outcome | None:
+    """A sum with one traced operand: a number (a 0-d tensor) shifts it, another tensor is left out."""
+    if not pairs:
+        return None
+    x, w = pairs[0]
+    if x is every[0][0] and _one(call)[0] is not None:
+        return _shift(call)
+    if w == 1.0:
+        return _same(call, x)
+    out = Signal(f"{w:.4g} * {wrap(x.text)}", w * x.mean, w * w * x.second, elems=x.elems,
+                 formula=f"{w:.4g}^2 x {x.second:.4g}")
+    return Outcome([out], [(w * w, f" * {w:.4g}") if s is not None else None for s, _ in every])
 
 
 def _slices(call: Call) -> Outcome | None:
