@@ -38,8 +38,11 @@ class Functional(nn.Module):
 def test_functional_activations_in_a_custom_forward_are_traced():
     g = discover(Functional(), torch.randn(3, 6))
     consumers = {n: labels(link.consumers) for n, link in g.layers.items()}
+    # f -> relu_ -> * 2.0 -> leaky_relu: the scale after relu multiplies E[(dL/df)^2] by 4, so f's
+    # backward chain goes on through relu (E[relu'^2] = 1/2) to leaky_relu: factor 1/2 x 4 = 2
     assert consumers == {"a": ["relu"], "b": ["tanh"], "c": ["gelu(tanh)"], "d": ["sigmoid"], "e": ["silu"],
-                         "f": ["relu"], "g": ["output"]}
+                         "f": ["leaky_relu(0.2)"], "g": ["output"]}
+    assert [(f, w) for _, f, w in g.layers["f"].via] == [(pytest.approx(2.0), " -> relu * 2")]
     producers = {n: labels(link.producers) for n, link in g.layers.items()}
     assert producers["a"] == ["input"] and producers["g"] == ["leaky_relu(0.2)"]
     assert g.layers["c"].consumers[0].spec == "gelu_tanh"

@@ -5,6 +5,7 @@ product of two Gaussians-like factors is below sqrt(E[x^4] / N) / E[x^2] ~ 0.3%,
 more than six standard errors."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -59,6 +60,16 @@ class Two(nn.Module):
     (lambda a, b: 3.0 * F.relu(a) - 1.0, lambda a, b: 3.0 * F.relu(a) - 1.0),
     (lambda a, b: 1.0 - F.relu(a) / 2, lambda a, b: 1.0 - F.relu(a) / 2),
     (lambda a, b: -torch.sigmoid(a), lambda a, b: -torch.sigmoid(a)),
+    # alpha of a two-tensor add/sub scales the second operand; rsub(x, d, alpha) = d - alpha x
+    (lambda a, b: torch.add(a, b, alpha=2), lambda a, b: torch.add(a, b, alpha=2)),
+    (lambda a, b: torch.sub(F.relu(a), b, alpha=0.5), lambda a, b: torch.sub(F.relu(a), b, alpha=0.5)),
+    (lambda a, b: torch.rsub(F.relu(a), 2.0, alpha=3), lambda a, b: torch.rsub(F.relu(a), 2.0, alpha=3)),
+    # the number as a keyword, a numpy scalar or a 0-d tensor
+    (lambda a, b: torch.mul(a, other=3.0), lambda a, b: torch.mul(a, other=3.0)),
+    (lambda a, b: torch.div(a, other=2.0), lambda a, b: torch.div(a, other=2.0)),
+    (lambda a, b: torch.add(F.relu(a), other=2.0), lambda a, b: torch.add(F.relu(a), other=2.0)),
+    (lambda a, b: a * np.float32(2), lambda a, b: a * np.float32(2)),
+    (lambda a, b: a * torch.tensor(2.0), lambda a, b: a * torch.tensor(2.0)),
 ])
 def test_products_sums_and_scalar_affine_match_monte_carlo(op, mc):
     sig, _ = into(Two(op), "out")
@@ -66,6 +77,35 @@ def test_products_sums_and_scalar_affine_match_monte_carlo(op, mc):
     expected = mc(a, b)
     assert sig.second == pytest.approx(expected.pow(2).mean().item(), rel=TOL)
     assert sig.mean == pytest.approx(expected.mean().item(), abs=TOL * expected.pow(2).mean().sqrt().item())
+
+
+@pytest.mark.parametrize("op,layer", [
+    (lambda a, b: F.relu(a) * F.relu(b), "a"),           # the chain goes on through relu to the product
+    (lambda a, b: F.dropout(F.relu(a), 0.5, True), "a"),  # ... and to dropout after it
+    (lambda a, b: torch.tanh(a) * 2.0, "a"),
+    (lambda a, b: F.silu(a) * b, "a"),                    # E[b^2] = 1: silu's own rule
+    (lambda a, b: torch.sub(a, b, alpha=2), "b"),         # b's factor alpha^2
+    (lambda a, b: torch.add(a, b, alpha=0.5), "b"),
+    (lambda a, b: torch.rsub(a, 2.0, alpha=3), "a"),      # 2 - 3a: factor 9
+    (lambda a, b: torch.mul(a, other=3.0), "a"),
+    (lambda a, b: a * np.float32(2), "a"),
+])
+def test_fan_out_gains_match_the_monte_carlo_backward_factor(op, layer):
+    # the factor E[(dL/d layer output)^2] / E[(dL/dy)^2] with dL/dy ~ N(0, 1) independent of y;
+    # fan_out gain = factor^-1/2. Its Monte Carlo estimate is a mean of squares of products of
+    # at most three independent Gaussian-like factors (kurtosis <= 27), relative standard error
+    # <= sqrt(27 / N) = 0.36%, so 2% on the factor is more than five standard errors.
+    p = initscope.plan(Two(op), example_input=torch.randn(4, 8), mode="fan_out")
+    a, b, g = z().requires_grad_(True), z().requires_grad_(True), z()
+    torch.manual_seed(0)
+    grad = torch.autograd.grad(op(a, b), {"a": a, "b": b}[layer], g)[0]
+    expected = (grad.pow(2).mean() / g.pow(2).mean()).item()
+    assert p.row(f"{layer}.weight").gain ** -2 == pytest.approx(expected, rel=TOL)
+
+
+def test_a_scalar_op_whose_number_is_not_read_is_named_as_an_op_without_a_rule():
+    p = initscope.plan(Two(lambda a, b: 2.0 / a), example_input=torch.randn(4, 8))
+    assert p.row("out.weight").gain == 1.0 and "torch.div (an op with no moment rule" in p.row("out.weight").reason
 
 
 def test_a_gate_after_an_activation_is_evaluated_at_the_product_s_second_moment():

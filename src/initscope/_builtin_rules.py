@@ -8,8 +8,12 @@ that share inputs): then the op counts as one without a rule.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
+import torch
 
 from initscope._signal import Signal, combine, gaussian, wrap
 
@@ -45,13 +49,22 @@ def _same(call: Call, x: Signal) -> Outcome:
     return Outcome([x], [(1.0, "")] * len(call.values))
 
 
+def _real(a: object) -> float | None:
+    """``a`` as a number: a Python or numpy real (not a bool), or a 0-d tensor with a value."""
+    if isinstance(a, numbers.Real) and not isinstance(a, (bool, np.bool_)):
+        return float(a)
+    if isinstance(a, torch.Tensor) and a.dim() == 0 and not a.is_meta and not a.is_complex():
+        return float(a)
+    return None
+
+
 def _one(call: Call) -> tuple[Signal | None, float | None]:
-    """The one traced operand and the one number of a scalar op (x * c, x + d, ...)."""
-    sigs = [call.sig(v) for v in call.values]
-    numbers = [a for a in call.args[:2] if isinstance(a, (int, float)) and not isinstance(a, bool)]
-    if len(sigs) != 1 or sigs[0] is None or len(numbers) != 1:
+    """The one traced operand and the one number of a scalar op (x * c, x + d, ``other=`` too)."""
+    sigs = [s for s in map(call.sig, call.values) if s is not None]
+    found = [n for n in map(_real, (*call.args[:2], call.kwargs.get("other"))) if n is not None]
+    if len(sigs) != 1 or len(found) != 1 or any(_real(v) is None for v in call.values if call.sig(v) is None):
         return None, None
-    return sigs[0], float(numbers[0])
+    return sigs[0], found[0]
 
 
 def _scale(call: Call) -> Outcome | None:
@@ -69,49 +82,78 @@ def _scale(call: Call) -> Outcome | None:
 
 
 def _shift(call: Call) -> Outcome | None:
+    """x + alpha d, x - alpha d, and rsub(x, d, alpha) = d - alpha x (``d - x`` is rsub, alpha 1)."""
     x, d = _one(call)
     if x is None:
         return None
+    alpha = _real(call.kwargs.get("alpha", 1.0))
+    if alpha is None:
+        return None
     flip = "rsub" in call.raw
-    d = d * float(call.kwargs.get("alpha", 1.0)) * (-1.0 if call.name == "sub" and not flip else 1.0)
-    if d == 0.0 and not flip:
+    c = -alpha if flip else 1.0  # the operand's scale
+    d = d * (1.0 if flip else alpha) * (-1.0 if call.name == "sub" and not flip else 1.0)
+    if d == 0.0 and c == 1.0:
         return _same(call, x)
-    m = d - x.mean if flip else x.mean + d
-    second = x.second + d * d + (-2.0 if flip else 2.0) * d * x.mean
-    out = Signal(f"{d:.4g} - {wrap(x.text)}" if flip else f"{wrap(x.text)} + {d:.4g}", m, second,
-                 elems=x.elems, formula=f"{x.second:.4g} + shift {d:.4g}")
-    return Outcome([out], [(1.0, "")])
+    text = f"{d:.4g} - {wrap(x.text)}" if flip and c == -1.0 else (
+        f"{d:.4g} - {alpha:.4g} * {wrap(x.text)}" if flip else f"{wrap(x.text)} + {d:.4g}")
+    out = Signal(text, c * x.mean + d, c * c * x.second + d * d + 2.0 * c * d * x.mean, elems=x.elems,
+                 formula=(f"{c * c:.4g} x " if c * c != 1.0 else "") + f"{x.second:.4g} + shift {d:.4g}")
+    return Outcome([out], [(c * c, f" * {c:.4g}" if c * c != 1.0 else "")])
 
 
 def product(call: Call) -> Outcome | None:
     """a * b of two traced, independent values (else the scalar rule)."""
-    if len(call.values) < 2:
-        return _scale(call)
     sigs = [call.sig(v) for v in call.values]
+    if sum(s is not None for s in sigs) < 2:
+        return _scale(call)
     if len(sigs) != 2 or None in sigs or sigs[0].elems & sigs[1].elems:
         return None
     a, b = sigs
     out = Signal(f"{wrap(a.text)} * {wrap(b.text)}", a.mean * b.mean, a.second * b.second,
                  elems=a.elems | b.elems, formula=f"{a.second:.4g} x {b.second:.4g}")
-    return Outcome([out], [(b.second, f" * {b.text}"), (a.second, f" * {a.text}")])
+    return Outcome([out], [None if _broadcast(call, 0) else (b.second, f" * {b.text}"),
+                           None if _broadcast(call, 1) else (a.second, f" * {a.text}")])
+
+
+def _broadcast(call: Call, i: int) -> bool:
+    """Whether operand ``i`` is broadcast over the other (a gate over space): its gradient is a
+    sum over the broadcast entries, which the rules do not follow."""
+    shapes = [call.shape(v) for v in call.values]
+    return None not in shapes and math.prod(shapes[i]) < math.prod(shapes[1 - i])
 
 
 def total(call: Call, sign: float = 1.0) -> Outcome | None:
-    """a + b (sign 1) or a - b (sign -1) of traced operands taken as independent."""
-    sigs = [s for s in map(call.sig, call.values) if s is not None]
-    if len(sigs) == 1:
-        return _same(call, sigs[0])
-    if not sigs:
+    """a + w b (``add``, w = alpha) or a - w b (``sub``) of traced operands taken as independent."""
+    alpha = _real(call.kwargs.get("alpha", 1.0))
+    if alpha is None:
         return None
-    second = sum(s.second for s in sigs)
-    signs = [1.0] + [sign] * (len(sigs) - 1)
-    second += 2 * sum(signs[i] * signs[j] * sigs[i].mean * sigs[j].mean
-                      for i in range(len(sigs)) for j in range(i + 1, len(sigs)))
+    every = [(call.sig(v), 1.0 if i == 0 else sign * alpha) for i, v in enumerate(call.values)]
+    pairs = [(s, w) for s, w in every if s is not None]
+    if len(pairs) <= 1:
+        return _lone(call, every, pairs)
+    second = sum(w * w * s.second for s, w in pairs)
+    second += 2 * sum(pairs[i][1] * pairs[j][1] * pairs[i][0].mean * pairs[j][0].mean
+                      for i in range(len(pairs)) for j in range(i + 1, len(pairs)))
     op = " + " if sign > 0 else " - "
-    out = Signal(op.join(wrap(s.text) for s in sigs), sum(si * s.mean for si, s in zip(signs, sigs)), second,
-                 elems=frozenset().union(*(s.elems for s in sigs)),
-                 formula=" + ".join(f"{s.second:.4g}" for s in sigs))
-    return Outcome([out], [(1.0, "")] * len(call.values))
+    scaled = [wrap(s.text) if abs(w) == 1.0 else f"{abs(w):.4g} * {wrap(s.text)}" for s, w in pairs]
+    terms = [f"{w * w:.4g} x {s.second:.4g}" if w * w != 1.0 else f"{s.second:.4g}" for s, w in pairs]
+    out = Signal(op.join(scaled), sum(w * s.mean for s, w in pairs), second,
+                 elems=frozenset().union(*(s.elems for s, _ in pairs)), formula=" + ".join(terms))
+    return Outcome([out], [(w * w, f" * {abs(w):.4g}" if w * w != 1.0 else "") for _, w in every])
+
+
+def _lone(call: Call, every: list, pairs: list) -> Outcome | None:
+    """A sum with one traced operand: a number (a 0-d tensor) shifts it, another tensor is left out."""
+    if not pairs:
+        return None
+    x, w = pairs[0]
+    if x is every[0][0] and _one(call)[0] is not None:
+        return _shift(call)
+    if w == 1.0:
+        return _same(call, x)
+    out = Signal(f"{w:.4g} * {wrap(x.text)}", w * x.mean, w * w * x.second, elems=x.elems,
+                 formula=f"{w:.4g}^2 x {x.second:.4g}")
+    return Outcome([out], [(w * w, f" * {w:.4g}") if s is not None else None for s, _ in every])
 
 
 def _slices(call: Call) -> Outcome | None:

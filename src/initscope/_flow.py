@@ -8,15 +8,19 @@ E[(dL/dx)^2] (:mod:`initscope.oprules`).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from initscope import _signal
 from initscope._builtin_rules import Call, Outcome, total
 from initscope._ops import Step
-from initscope.errors import ArgumentError
+from initscope.errors import ArgumentError, InitscopeError
 from initscope.oprules import is_user_rule, rule_for
 
-__all__ = ["merged", "evaluate", "pending", "after"]
+_ARITHMETIC = {"mul", "div", "true_divide", "neg", "add", "sub", "rsub"}
+
+__all__ = ["merged", "evaluate", "arithmetic", "pending", "through", "deriv", "after"]
 
 
 def merged(sigs: list) -> object:
@@ -58,22 +62,54 @@ def evaluate(step: Step, inputs: list, tags: list, outputs: int) -> Outcome | No
         return None
 
 
-def pending(tags: list, back: list, keep: bool) -> tuple[frozenset, frozenset]:
-    """(entries that go on, entries stopped here). An operand whose factor is None stops its
-    entries (``keep``: a pass-through keeps them with factor 1, as before the rules)."""
-    go, stop = set(), set()
+def arithmetic(step: Step) -> bool:
+    """A scalar op (x * c, x + d, ...): when its rule cannot read the number, an op without a rule."""
+    return step.kind == "pass" and step.call is not None and step.call[0] in _ARITHMETIC
+
+
+def pending(tags: list, back: list, keep: bool) -> tuple[frozenset, frozenset, frozenset]:
+    """(entries that go on, entries stopped here, holds superseded). An operand whose factor is
+    None stops its entries (``keep``: a pass-through keeps them with factor 1, as before the rules).
+
+    An entry that passed an activation holds that activation's record (the consumer-activation
+    rule) while the ops after it leave the factor at 1; the first factor other than 1 turns it
+    into a plain chain through the activation(s), times their E[phi'^2], and the hold is
+    superseded for that path (``(layer node id, record)``).
+    """
+    go, stop, dirtied = set(), set(), set()
     for i, tag in enumerate(tags):
         if tag is None:
             continue
         factor = back[i] if i < len(back) else None
-        for p, f, words in tag.pending:
-            if factor is not None:
-                go.add((p, f * factor[0], _signal.short(words + factor[1])))
-            elif keep:
-                go.add((p, f, words))
+        for p, f, words, hold in tag.pending:
+            if factor is None:
+                (go if keep else stop).add((p, f, words, hold))
+            elif hold is not None and factor[0] != 1.0:
+                d = math.prod(deriv(n) for n in hold[1])
+                go.add((p, f * d * factor[0], _signal.short(words + factor[1]), None))
+                dirtied.add((p, hold[0]))
             else:
-                stop.add((p, f, words))
-    return frozenset(go), frozenset(stop)
+                go.add((p, f * factor[0], _signal.short(words + factor[1]), hold))
+    return frozenset(go), frozenset(stop), frozenset(dirtied)
+
+
+def through(entries: frozenset, node: object) -> tuple[frozenset, list]:
+    """Entries going on past activation ``node``, and the records to make there (consumer rule)."""
+    go, records = set(), []
+    for p, f, words, hold in entries:
+        if hold is None:
+            records.append((p, f, words))
+            hold = ((node.id, f, words), ())
+        go.add((p, f, _signal.short(f"{words} -> {node.label}"), (hold[0], (*hold[1], node))))
+    return frozenset(go), records
+
+
+def deriv(node: object) -> float:
+    """E[phi'^2] of activation ``node`` at its input's q (1 where unknown)."""
+    try:
+        return _signal.gaussian(node.spec, node.q, node.param, derivative=True).deriv_second
+    except InitscopeError:
+        return 1.0
 
 
 def after(step: Step, sig: object, node: object) -> object:

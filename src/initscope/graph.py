@@ -112,7 +112,7 @@ class Graph:
 @dataclass(frozen=True)
 class _Tag:
     producers: frozenset = frozenset()
-    pending: frozenset = frozenset()     # (layer node id, backward factor, words) still looking for a consumer
+    pending: frozenset = frozenset()     # (layer node id, factor, words, hold) looking for a consumer (_flow)
     anc: frozenset = frozenset()         # every node upstream
     last: frozenset = frozenset()        # last weight layer(s) on the way here
     norms: frozenset = frozenset()       # module norms after `last`
@@ -144,6 +144,8 @@ class Tracker:
         self._branches: dict[str, Branch] = {}
         self._final: list[str] = []
         self._constant: Node | None = None
+        self._kept: set = set()                    # (layer node id, activation record) held to the end
+        self._dirtied: set = set()                 # ... superseded by a chain through the activation
 
     def _node(self, kind: str, label: str, where: str, functional: bool = False, step: Step | None = None,
               q: float = 1.0) -> Node:
@@ -162,10 +164,16 @@ class Tracker:
                 self.store.set(v, tag)
 
     def _consume(self, tag: _Tag | None, node: Node, pending: frozenset | None = None) -> None:
-        for p, factor, words in (tag.pending if tag else frozenset()) if pending is None else pending:
-            entry = self._links[self._layer_of[p]]
-            entry[3].add(node.id)
-            entry[5].append((node.id, factor, words))
+        for p, factor, words, hold in (tag.pending if tag else frozenset()) if pending is None else pending:
+            if hold is not None:  # the activation passed on the way is the consumer (its record stands)
+                self._kept.add((p, hold[0]))
+                continue
+            self._record(p, node.id, factor, words)
+
+    def _record(self, p: int, node_id: int, factor: float, words: str) -> None:
+        entry = self._links[self._layer_of[p]]
+        entry[3].add(node_id)
+        entry[5].append((node_id, factor, words))
 
     def input(self, values) -> None:
         """Mark the model's inputs as raw data."""
@@ -191,7 +199,7 @@ class Tracker:
         self._consume(tag, node)
         self._layer_of[node.id] = name
         me = frozenset({node.id})
-        self._set(outputs, _Tag(me, frozenset({(node.id, 1.0, "")}), (tag.anc if tag else frozenset()) | me, me,
+        self._set(outputs, _Tag(me, frozenset({(node.id, 1.0, "", None)}), (tag.anc if tag else frozenset()) | me, me,
                                 sig=_signal.source(name, frozenset({("L", node.id)}))))
 
     def function(self, step: Step, where: str, inputs, outputs, functional: bool = True) -> None:
@@ -205,9 +213,9 @@ class Tracker:
             return self._set(outputs, replace(tag, sig=stream))
         if step.kind in ("pass", "merge", "add", "rule"):
             outcome = _flow.evaluate(step, inputs, tags, len(outputs))
-            if outcome is not None or step.kind != "rule":
+            if outcome is not None or step.kind != "rule" and not _flow.arithmetic(step):
                 return self._flowed(step, where, functional, tags, tag, outputs, outcome)
-            step = Step("op", step.label)  # the rule does not apply to this call: an op without a rule
+            step = Step("op", f"torch.{step.call[0]}" if step.kind == "pass" else step.label)  # the rule does not apply
         sig = tag.sig
         q = sig.second if sig is not None and sig.level != 0 and step.kind == "activation" else 1.0
         node = self._node(step.kind, step.label, where, functional, step, q)
@@ -218,8 +226,14 @@ class Tracker:
             norms = frozenset({node.id}) if not functional else tag.norms
             out = _signal.source(step.label if functional else where, sig.elems if sig else frozenset())
             return self._set(outputs, _Tag(frozenset({node.id}), tag.pending, anc, tag.last, norms, out))
-        self._consume(tag, node)
-        self._set(outputs, _Tag(frozenset({node.id}), frozenset(), anc, tag.last, tag.norms,
+        pending = frozenset()
+        if step.kind == "activation":  # the chain goes on through it, the activation's rule first
+            pending, records = _flow.through(tag.pending, node)
+            for p, factor, words in records:
+                self._record(p, node.id, factor, words)
+        else:
+            self._consume(tag, node)
+        self._set(outputs, _Tag(frozenset({node.id}), pending, anc, tag.last, tag.norms,
                                 _flow.after(step, sig, node)))
 
     def _flowed(self, step: Step, where: str, functional: bool, tags: list, tag: _Tag, outputs,
@@ -228,7 +242,8 @@ class Tracker:
         if outcome is None:
             return self._set(outputs, tag)
         node = self._node("rule", step.label, where, functional, step) if step.kind == "rule" else None
-        pending, stopped = _flow.pending(tags, outcome.back, keep=node is None)
+        pending, stopped, dirtied = _flow.pending(tags, outcome.back, keep=node is None)
+        self._dirtied |= dirtied
         if node is not None:
             self._consume(None, node, stopped)
         producers = frozenset({node.id}) if node else tag.producers
@@ -266,9 +281,14 @@ class Tracker:
 
     def graph(self, method: str) -> Graph:
         """The :class:`Graph` found so far."""
-        links = {name: LayerLinks(name, t, calls, tuple(self.nodes[i] for i in sorted(prod)),
-                                  tuple(self.nodes[i] for i in sorted(cons)), tuple(sigs), tuple(via))
-                 for name, (t, calls, prod, cons, sigs, via) in self._links.items()}
+        gone = {(self._layer_of[p], r) for p, r in self._dirtied - self._kept}
+        links = {}
+        for name, (t, calls, prod, cons, sigs, via) in self._links.items():
+            if gone:  # an activation's record whose every path out met a factor: its chains replace it
+                via = [v for v in via if (name, v) not in gone]
+                cons = {i for i in cons if any(v[0] == i for v in via)} if via else cons
+            links[name] = LayerLinks(name, t, calls, tuple(self.nodes[i] for i in sorted(prod)),
+                                     tuple(self.nodes[i] for i in sorted(cons)), tuple(sigs), tuple(via))
         norms = tuple(dict.fromkeys(self._norm_of.values()))
         return Graph(method, links, norms, tuple(self._branches.values()), tuple(self._final))
 

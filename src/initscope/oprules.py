@@ -6,6 +6,11 @@ entries (:mod:`initscope._signal`). A layer fed by a tensor with E[x^2] = S gets
 fan_in gain 1/sqrt(S). Each rule below also says what happens backwards: the factor by
 which E[(dL/d operand)^2] exceeds E[(dL/d output)^2], so that fan_out gains see gates too.
 All operands are taken as independent unless they share inputs (then no product rule).
+Backwards, the chain from a layer goes on through activations: an activation multiplies the
+factor by its E[phi'^2] at its input's q, so ``relu(a) * relu(b)`` or ``dropout(relu(a))``
+see both. While every op after an activation leaves the factor at 1, the plan keeps naming
+that activation as the consumer (the classic rule); an operand broadcast over the other (a
+gate over space) is not followed backwards (its gradient is a sum over the broadcast entries).
 
 - **product** ``a * b``: E[(ab)^2] = E[a^2] E[b^2], E[ab] = E[a] E[b] (independence).
   Gated forms f(a) * b, f(a) * g(b) are products of an activation's moments (at the
@@ -21,11 +26,15 @@ All operands are taken as independent unless they share inputs (then no product 
   Gaussian moment of the gate's activation at its pre-activation's q (1 after a
   layer). Backwards only x's factor E[s^2] is followed; the gate's branch gets the rule of its
   own activation (the sum over space into the pooled value is not followed).
-- **sum / sub** of independent operands: E[(a +- b)^2] = E[a^2] + E[b^2] +- 2 E[a] E[b]. A
+- **sum / sub** of independent operands, ``torch.add(a, b, alpha=w)`` = a + w b:
+  E[(a +- w b)^2] = E[a^2] + w^2 E[b^2] +- 2 w E[a] E[b]; factors 1 and w^2. A
   residual add x + f(x) is not summed: its scale is the residual option's business
   (zero_last_norm, scale_depth keep it at x's), so its output counts as a unit source.
   Operands that are not traced (a positional table held as a parameter) are left out.
-- **scalar affine** x * c + d: mean c m + d, E = c^2 E[x^2] + 2 c d m + d^2; factor c^2.
+- **scalar affine** x * c + d: mean c m + d, E = c^2 E[x^2] + 2 c d m + d^2; factor c^2
+  (``rsub(x, d, alpha)`` = d - alpha x: c = -alpha). The number may be positional, ``other=``,
+  a numpy scalar or a 0-d tensor; a scalar op whose number is not read (``2 / x``) is an op
+  without a rule.
 - **mean over dims**, average pooling, and a **softmax-weighted average** (``A @ v`` with
   A a softmax output, ``F.scaled_dot_product_attention``): second moment kept. This is the
   averaging assumption: exact where the values averaged are equal (positions fully
