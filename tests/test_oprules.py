@@ -253,15 +253,18 @@ def test_matmul_of_independent_values_sums_n_products():
     assert sig.second == pytest.approx((q * k).sum(-1).pow(2).mean().item(), rel=TOL)  # = 6
 
 
+class Cum(nn.Module):
+    """A layer after torch.cumsum, an op with no built-in moment rule."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.b(torch.cumsum(self.a(x), -1))
+
+
 def test_an_op_without_a_rule_gives_gain_one_and_the_plan_names_it():
-    class Cum(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 1)
-
-        def forward(self, x):
-            return self.b(torch.cumsum(self.a(x), -1))
-
     p = initscope.plan(Cum(), example_input=torch.randn(4, 8))
     assert p.row("b.weight").gain == 1.0 and "torch.cumsum" in p.row("b.weight").reason
 
@@ -270,14 +273,6 @@ def test_register_rule_forward_and_backward_and_removal():
     def scale_rule(call):
         (m, s), = call.operands
         return 2 * m, 4 * s
-
-    class Cum(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 1)
-
-        def forward(self, x):
-            return self.b(torch.cumsum(self.a(x), -1))
 
     register_rule(torch.cumsum, scale_rule, backward=lambda call: [4.0])
     try:
@@ -309,14 +304,6 @@ def test_plan_rows_spell_out_the_chain():
 
 
 def test_a_user_rule_that_raises_is_named_in_the_error():
-    class Cum(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 1)
-
-        def forward(self, x):
-            return self.b(torch.cumsum(self.a(x), -1))
-
     register_rule("cumsum", lambda call: 1 / 0)
     try:
         with pytest.raises(initscope.ForwardError, match=r"register_rule\('cumsum'\): the rule raised ZeroDivisionError"):
