@@ -6,12 +6,12 @@ Every rank initializes its shards with the counter-based generator (the gathered
 equal a single-process run's), trains on its part of each batch, and records statistics
 every few steps; the Recorder merges them over the ranks (one all_reduce per recorded
 step), so rank 0 holds the figures of the whole batch. Rank 0 writes the report: the
-probe HTML report of the run's merged statistics and a CSV of the history.
+run file (written while training), the report of the run, and the probe HTML report of the
+statistics merged over ranks and steps.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from torch.distributed.fsdp import fully_shard
 
 import initscope
 from initscope import distributed, zoo
+from initscope.runs import RunWriter
 
 
 def build(world: int) -> nn.Module:
@@ -39,14 +40,12 @@ def build(world: int) -> nn.Module:
 
 
 def write_report(rec: initscope.Recorder, out: Path) -> None:
-    """Rank 0: the HTML report of the merged statistics and the history as CSV (kept small)."""
-    from initscope.report.html import Run, report_html, write_report as write_html
-    out.mkdir(parents=True, exist_ok=True)
-    write_html(out / "index.html", report_html("FSDP2 + Recorder", [Run("merged over ranks and steps", rec.trace)]))
-    with open(out / "history.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["step", "layer", "phase", "stat", "value"])
-        w.writerows(rec.history)
+    """Rank 0: the report of the run (from the run file the Recorder's sink wrote while
+    training) and the probe-style report of the statistics merged over ranks and steps."""
+    from initscope.report.html import Run as Section, report_html, write_report as write_html
+    from initscope.runs import Run
+    Run.load(out / "run.parquet").report(out / "report.html")
+    write_html(out / "index.html", report_html("FSDP2 + Recorder", [Section("merged over ranks and steps", rec.trace)]))
 
 
 def main() -> None:
@@ -62,7 +61,11 @@ def main() -> None:
     x = torch.randn(8, 16, 64)
     plan = initscope.initialize(model, "kaiming", distributed.batch_shard(x), seed=7)  # rng="auto": philox
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    with initscope.Recorder(model, every=args.every) as rec:
+    out = Path(args.out)
+    if rank == 0:  # the Recorder feeds its sinks on rank 0 only; the run file is written while training
+        out.mkdir(parents=True, exist_ok=True)
+    sinks = [RunWriter(out / "run.parquet", flush_every=2)] if rank == 0 else []
+    with initscope.Recorder(model, every=args.every, sinks=sinks) as rec:
         for step in range(args.steps):
             batch = distributed.batch_shard(torch.randn(8, 16, 64))
             opt.zero_grad()
@@ -75,8 +78,8 @@ def main() -> None:
               f"{rec.step_count} steps, {len(rec.history)} history rows")
         for finding in rec.findings[:5]:
             print("finding:", finding.message)
-        write_report(rec, Path(args.out))
-        print(f"report: {os.path.abspath(args.out)}/index.html")
+        write_report(rec, out)
+        print(f"run file: {os.path.abspath(out)}/run.parquet; reports: report.html (the run), index.html (merged)")
     dist.destroy_process_group()
 
 
