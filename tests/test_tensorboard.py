@@ -78,3 +78,29 @@ def test_a_writer_passed_in_gives_its_directory_and_stays_usable(tmp_path):
     assert [e.step for e in acc.Scalars("forward_std/0")] == [0, 1]
     assert acc.Scalars("forward_std/0")[1].value == np.float32(
         next(r.value for r in rec.history if (r.step, r.layer, r.phase, r.stat) == (1, "0", "forward", "std")))
+
+
+def test_the_record_checksum_matches_tensorboards_own():
+    """Our framing uses the C CRC-32C; tensorboard's pure-Python one is the oracle."""
+    google_crc32c = pytest.importorskip("google_crc32c")
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as oracle
+
+    from initscope.runs._tfrecord import masked_crc32c
+    rng = np.random.default_rng(0)
+    for data in (b"", b"\x00" * 8, b"brain.Event:2", rng.integers(0, 256, 5000, dtype=np.uint8).tobytes()):
+        assert masked_crc32c(google_crc32c, data) == oracle(data)
+
+
+def test_without_the_c_checksum_tensorboards_writer_is_used(tmp_path, monkeypatch):
+    """google-crc32c missing: the sink falls back to tensorboard's EventFileWriter, same values."""
+    import sys
+    monkeypatch.setitem(sys.modules, "google_crc32c", None)  # import raises ImportError
+    fast, slow = tmp_path / "fast", tmp_path / "slow"
+    rec = _record(TensorBoardSink(slow))
+    monkeypatch.undo()
+    _record(TensorBoardSink(fast))
+    a, b = _events(slow), _events(fast)
+    tags = a.Tags()["scalars"]
+    assert tags and tags == b.Tags()["scalars"]
+    assert all([e.value for e in a.Scalars(t)] == [e.value for e in b.Scalars(t)] for t in tags)
+    assert len(rec.steps) == 3

@@ -10,8 +10,9 @@ and backward: the nonzero finite values' octave histogram, with log2|x| on the x
 
 Each recorded step becomes one TensorBoard event holding all its values (one protobuf per
 step rather than one per value, a tenth of the CPU time of ``add_scalar`` per value), written
-by tensorboard's own ``EventFileWriter`` to an event file of its own (suffix ``.initscope``)
-in the log directory; TensorBoard reads every event file of a directory as one run. The
+to an event file of its own (suffix ``.initscope``) in the log directory, framed with the C
+CRC-32C of ``google-crc32c`` (:mod:`initscope.runs._tfrecord`; tensorboard's own
+``EventFileWriter``, whose checksum is pure Python, where that package is missing); TensorBoard reads every event file of a directory as one run. The
 events are built in a background thread (:class:`~initscope.runs.sinks.Background`).
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 
 from initscope.recorder import RecordedStep
 from initscope.runs._deps import require
+from initscope.runs._tfrecord import EventFile
 from initscope.runs.run import STAT_COLUMNS
 from initscope.runs.sinks import Background
 
@@ -37,7 +39,13 @@ _COLS = [STAT_COLUMNS.index(s) for s in SCALARS]
 def hist_edges() -> np.ndarray:
     """Right edges, in log2|x|, of bins 1..256 of :attr:`initscope.stats.Stats.hist` (the subnormal
     bin spans [-150, -126), then one octave each, then [128, 129) for values beyond 2^128)."""
-    return np.arange(-126, 130, dtype=np.float64)
+    return _EDGES.copy()
+
+
+_EDGES = np.arange(-126, 130, dtype=np.float64)
+_CENTERS = _EDGES - 0.5
+_CENTERS[0] = -138.0  # the middle of the subnormal bin [-150, -126)
+_CENTERS2 = _CENTERS**2
 
 class TensorBoardSink:
     """Write a Recorder's steps to TensorBoard.
@@ -60,8 +68,14 @@ class TensorBoardSink:
 
     def open(self, summary: dict) -> None:
         """Start the writer thread (called by the Recorder at the first recorded step)."""
-        efw = require("tensorboard.summary.writer.event_file_writer", "the TensorBoard sink")
-        self._events = efw.EventFileWriter(self.log_dir, filename_suffix=".initscope")
+        try:  # a C CRC-32C: tensorboard's writer checksums in pure Python, holding the GIL
+            import google_crc32c
+        except ImportError:
+            efw = require("tensorboard.summary.writer.event_file_writer", "the TensorBoard sink")
+            self._events = efw.EventFileWriter(self.log_dir, filename_suffix=".initscope")
+        else:
+            ev = require("tensorboard.compat.proto.event_pb2", "the TensorBoard sink")
+            self._events = EventFile(self.log_dir, ".initscope", google_crc32c, ev)
         self._thread = Background("initscope-tensorboard")
 
     def write(self, step: RecordedStep) -> None:
@@ -97,12 +111,9 @@ def _histogram(pb: Any, h: np.ndarray) -> Any:
     nz = np.flatnonzero(counts)
     if not len(nz):
         return None
-    edges = hist_edges()
-    centers = edges - 0.5
-    centers[0] = -138.0  # the middle of the subnormal bin [-150, -126)
-    lo, hi = nz[0], nz[-1] + 1
-    return pb.HistogramProto(min=float(-150 if lo == 0 else edges[lo] - 1), max=float(edges[hi - 1]),
-                             num=float(counts.sum()), sum=float(counts @ centers),
-                             sum_squares=float(counts @ centers**2), bucket_limit=edges[lo:hi].tolist(),
+    lo, hi = nz[0], nz[-1] + 1  # edges and centres are computed once, at import
+    return pb.HistogramProto(min=float(-150 if lo == 0 else _EDGES[lo] - 1), max=float(_EDGES[hi - 1]),
+                             num=float(counts.sum()), sum=float(counts @ _CENTERS),
+                             sum_squares=float(counts @ _CENTERS2), bucket_limit=_EDGES[lo:hi].tolist(),
                              bucket=counts[lo:hi].tolist())
 
