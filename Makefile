@@ -28,4 +28,4 @@ bench: $(STAMP)
 	for f in benchmarks/*.py; do $(VENV)/bin/python $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) initscope-report initscope-experiments .pytest_cache test-artifacts
+	rm -rf $(VENV) initscope-report initscope-experiments fsdp2-report .pytest_cache test-artifacts
