@@ -1,5 +1,6 @@
 """The trainer callbacks against the real libraries: tiny models built from config, no network."""
 import importlib
+import os
 import sys
 
 import numpy as np
@@ -11,20 +12,10 @@ import initscope.integrations as integrations
 from initscope.errors import MissingDependencyError
 
 pytest.importorskip("pyarrow")
+sys.path.insert(0, os.path.dirname(__file__))  # the shared test data
+from hf_tokens import Tokens  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-class _Tokens(torch.utils.data.Dataset):
-    def __init__(self, n=64, seq=6, vocab=40):
-        g = torch.Generator().manual_seed(0)
-        self.ids = torch.randint(0, vocab, (n, seq), generator=g)
-        self.labels = torch.randint(0, 2, (n,), generator=g)
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "labels": self.labels[i]}
 
 
 def _hf_trainer(tmp_path, callback, steps=6, accumulate=2):
@@ -38,7 +29,7 @@ def _hf_trainer(tmp_path, callback, steps=6, accumulate=2):
                                           gradient_accumulation_steps=accumulate, learning_rate=1e-3,
                                           report_to=[], save_strategy="no", logging_strategy="no",
                                           use_cpu=True, disable_tqdm=True, dataloader_num_workers=0, seed=0)
-    return transformers.Trainer(model=model, args=args, train_dataset=_Tokens(), callbacks=[callback]), model
+    return transformers.Trainer(model=model, args=args, train_dataset=Tokens(seq=6), callbacks=[callback]), model
 
 
 def test_transformers_callback_records_optimizer_steps_with_accumulation(tmp_path):

@@ -3,6 +3,7 @@ load the run file in a fresh process, build the report, and the report names the
 the step where the problem began. Once by hand (a small CNN), once through the transformers
 Trainer (a tiny BERT built from config)."""
 import html
+import os
 import re
 import subprocess
 import sys
@@ -18,6 +19,8 @@ import initscope
 from initscope.recorder import Recorder
 
 pytest.importorskip("pyarrow")
+sys.path.insert(0, os.path.dirname(__file__))  # the shared test data
+from hf_tokens import Tokens  # noqa: E402
 pytest.importorskip("tensorboard")
 from initscope.runs import RunWriter, TensorBoardSink  # noqa: E402
 
@@ -82,18 +85,6 @@ def test_a_cnn_with_a_bad_init_names_the_layer_and_step_where_it_died(tmp_path):
     assert tb == {s: np.float32(v) for s, v in zero.items()}  # TensorBoard saw the same run
 
 
-class _Tokens(torch.utils.data.Dataset):
-    def __init__(self, n=64, seq=8, vocab=40):
-        g = torch.Generator().manual_seed(0)
-        self.ids = torch.randint(0, vocab, (n, seq), generator=g)
-        self.labels = torch.randint(0, 2, (n,), generator=g)
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "labels": self.labels[i]}
-
 
 def test_the_transformers_trainer_with_a_bad_init_names_the_layer_and_step(tmp_path):
     transformers = pytest.importorskip("transformers")
@@ -111,7 +102,7 @@ def test_the_transformers_trainer_with_a_bad_init_names_the_layer_and_step(tmp_p
                                           gradient_accumulation_steps=2, learning_rate=0.01, report_to=[],
                                           save_strategy="no", logging_strategy="no", use_cpu=True, disable_tqdm=True,
                                           seed=0)
-    transformers.Trainer(model=model, args=args, train_dataset=_Tokens(), callbacks=[callback]).train()
+    transformers.Trainer(model=model, args=args, train_dataset=Tokens(seq=8), callbacks=[callback]).train()
     out = tmp_path / "initscope"
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     page = _report_in_a_fresh_process(out / "run.parquet", tmp_path / "again.html")
