@@ -36,7 +36,7 @@ import torch
 from initscope.errors import DistributedError
 
 __all__ = ["active", "per_rank", "rank", "world_size", "is_writer", "launched", "batch_shard", "is_dtensor", "local", "full", "local_shard",
-           "set_timeout", "get_timeout", "Reducer", "agree", "global_sum", "replicated_keys", "reduce_stats", "section", "model_signature", "reshard"]
+           "set_timeout", "get_timeout", "Reducer", "agree", "replicated_keys", "reduce_stats", "section", "model_signature", "reshard"]
 
 _TIMEOUT = [300.0]
 _OFF = [0]
@@ -319,15 +319,6 @@ class Reducer:
                                    f"rank 0 reached {keys[0]}; every rank must run the same layers in the same order "
                                    "(no data-dependent branch or expert skipped on a rank)", rank=r, name=keys[r])
         return torch.from_numpy(rows[:, 2:].sum(0)).reshape(t.shape).to(t.device)
-
-
-def global_sum(t: torch.Tensor, what: str) -> torch.Tensor:
-    """The sum of ``t`` over ranks (float64, bounded wait); ``t`` itself without a process group."""
-    if not active():
-        return t
-    buf = t.detach().to("cpu", torch.float64, copy=True)
-    _all_reduce(buf, what)
-    return buf.to(t.device)
 
 
 def replicated_keys(params: Sequence[tuple[str, torch.Tensor]]) -> frozenset:
