@@ -343,9 +343,9 @@ def _check_global_batch(first: torch.Tensor | None, reducer: distributed.Reducer
         return
     size = 1.0 if first is None else float(first.numel())
     total = int(reducer.keyed_sum(torch.tensor([size]), "probe batch size").item())
-    if total == 0:
+    if total == 0:  # this rank's share is empty too, so it holds a tensor
         raise ShapeError(f"probe: the first input tensor has zero elements on every rank (shape "
-                         f"{tuple(first.shape) if first is not None else ()} here): a batch of zero samples measures nothing; pass at least one "
+                         f"{tuple(first.shape)} here): a batch of zero samples measures nothing; pass at least one "
                          "sample (two or more for a std)")
 
 
