@@ -168,7 +168,8 @@ class _ListSink:
 
 
 def _lsuv_all(rank: int, world: int) -> dict:
-    return {mode: _lsuv_worker(rank, world, mode) for mode in ("plain", "ddp", "fsdp")}
+    runs = {mode: _lsuv_worker(rank, world, mode) for mode in ("plain", "ddp", "fsdp")}
+    return {**runs, "fsdp, verify='pass'": _lsuv_worker(rank, world, "fsdp", "pass")}
 
 
 def _late_worker(rank: int, world: int) -> tuple:
@@ -189,7 +190,7 @@ def _late_worker(rank: int, world: int) -> tuple:
     return ("no error",)
 
 
-def _lsuv_worker(rank: int, world: int, mode: str) -> dict:
+def _lsuv_worker(rank: int, world: int, mode: str, verify: str = "auto") -> dict:
     import initscope
     from initscope import distributed
     x = torch.randn(64, 16, generator=torch.Generator().manual_seed(3))
@@ -200,9 +201,10 @@ def _lsuv_worker(rank: int, world: int, mode: str) -> dict:
         initscope.initialize(ref_model, "orthogonal", x, seed=1, rng="philox")
         pre = None
     with distributed.per_rank():
-        ref = initscope.lsuv(ref_model, x, pre_init=pre)
-    report = initscope.lsuv(model, x.chunk(world)[rank], pre_init=pre)
-    bad = [f"{a.name} scale {a.scale} vs {b.scale}" for a, b in zip(report.layers, ref.layers)
+        ref = initscope.lsuv(ref_model, x, pre_init=pre, verify=verify)
+    report = initscope.lsuv(model, x.chunk(world)[rank], pre_init=pre, verify=verify)
+    bad = [f"verified {report.verified} vs {ref.verified}"] * (report.verified != ref.verified)
+    bad += [f"{a.name} scale {a.scale} vs {b.scale}" for a, b in zip(report.layers, ref.layers)
            if not _close(a.scale, b.scale)]
     bad += [f"{a.name} std after {a.std_after} vs {b.std_after}" for a, b in zip(report.layers, ref.layers)
             if not _close(a.std_after, b.std_after)]

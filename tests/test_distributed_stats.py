@@ -29,7 +29,8 @@ def test_probe_and_recorder_reduce_over_ranks(mode):
 def test_lsuv_same_scale_on_every_rank():
     """A replicated model, DDP and FSDP2 (initialized shard-aware first), one group for the three."""
     for r in run(_lsuv_all, 2, timeout=200):
-        assert {mode: v["bad"] for mode, v in r.items()} == {"plain": [], "ddp": [], "fsdp": []}
+        assert {mode: v["bad"] for mode, v in r.items()} == {"plain": [], "ddp": [], "fsdp": [],
+                                                             "fsdp, verify='pass'": []}
 
 
 def test_cli_probe_on_two_ranks_rank0_prints_and_writes(tmp_path):

@@ -5,7 +5,9 @@ scale each layer's weight until its output has std 1 on a real batch, one layer 
 time: a forward pass per layer and per correction. Here each layer's forward hook
 measures its output, rescales the weight in place and *returns the corrected output*,
 so the layers after it see corrected activations in the same pass. When every layer
-runs once per forward, one pass fixes all of them and a second pass verifies.
+runs once per forward, one pass fixes all of them; the hook also measures the corrected
+output it hands on, and those measurements verify the pass (``verify="auto"``), or a second
+pass verifies from scratch (``verify="pass"``, and whenever a layer ran more than once).
 
 The std (and mean) is over all elements of the output, unbiased like ``Tensor.std()``.
 With z = W x and bias b, the corrected output is s z + b + d: s solves
@@ -36,11 +38,13 @@ from initscope.fans import is_transposed_linear
 from initscope.layer import init_layer_
 from initscope.lsuv_report import LsuvLayer, LsuvReport
 
-__all__ = ["lsuv", "LsuvReport", "LsuvLayer", "PRE_INITS"]
+__all__ = ["lsuv", "LsuvReport", "LsuvLayer", "PRE_INITS", "VERIFY"]
 
 PreInit = Literal["orthogonal", "kaiming"]
 Layers = Sequence[str] | Callable[[str, nn.Module], bool] | None
 PRE_INITS = ("orthogonal", "kaiming", None)
+Verify = Literal["auto", "pass"]
+VERIFY = ("auto", "pass")
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _DEFAULT = (nn.Linear, nn.MultiheadAttention, *_CONVS)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm,
@@ -62,7 +66,7 @@ class _Slot:
         self.scale = torch.ones((), dtype=torch.float64, device=self.weight.device)
         self.shift, self.applied = torch.zeros_like(self.scale), torch.zeros_like(self.scale, dtype=torch.bool)
         self.calls, self.multi, self.order, self.norm, self.row, self.n = 0, False, math.inf, "", [], 0.0
-        self.v = self.before = self.last_log = None
+        self.v = self.before = self.last_log = self.after = None
 
     def add(self, v: torch.Tensor, n: float) -> None:
         self.v, self.n, self.calls = (v if not self.calls else self.v + v), self.n + n, self.calls + 1
@@ -92,6 +96,7 @@ class _Pass:
 
     def __init__(self, mode: str, opts: dict, k: int = 1, reducer: distributed.Reducer | None = None):
         self.mode, self.opts, self.step, self.k, self.reducer = mode, opts, 0, k, reducer
+        self.in_flight = mode == "all" and opts["verify"] == "auto"
         self.completed: list[str] = []
         self.last: tuple[_Slot, torch.Tensor] | None = None
 
@@ -112,11 +117,7 @@ class _Pass:
         def hook(module, args, output):
             y = output[0] if isinstance(output, tuple) else output
             ch = y.dim() - _scaled(module).weight.dim() + 1 if isinstance(module, _CONVS) else y.dim() - 1
-            v, n = _sums(name, module, y, ch), float(y.numel())
-            if self.reducer is not None:  # global sums of the same layer: the same scale on every rank
-                key = f"`{name}` (call {slot.calls + 1} in pass {self.k})"
-                both = self.reducer.keyed_sum(torch.cat([v, v.new_tensor([n])]), key)
-                v, n = both[:5], float(both[5])
+            v, n = self.sums(name, module, y, ch, f"`{name}` (call {slot.calls + 1} in pass {self.k})")
             slot.order, self.step = min(slot.order, self.step), self.step + 1
             slot.add(v, n)
             self.completed.append(name)
@@ -127,8 +128,19 @@ class _Pass:
             new = _corrected(module, args, y, ch, s, d)
             slot.apply(s, d, gate)
             self.last = (slot, new)
+            if self.in_flight:  # measured now: an in-place op after the layer (ReLU) may overwrite it
+                slot.after = self.sums(name, module, new, ch, f"`{name}` corrected, in pass {self.k}")[0]
             return (new, *output[1:]) if isinstance(output, tuple) else new
         return hook
+
+    def sums(self, name: str, module: nn.Module, y: torch.Tensor, ch: int, key: str) -> tuple[torch.Tensor, float]:
+        """The output's float64 sums and element count, over every rank in a process group (the
+        same sums, hence the same scale, on every rank)."""
+        v, n = _sums(name, module, y, ch), float(y.numel())
+        if self.reducer is None:
+            return v, n
+        both = self.reducer.keyed_sum(torch.cat([v, v.new_tensor([n])]), key)
+        return both[:5], float(both[5])
 
     def norm_hook(self, name: str) -> Callable:
         def hook(module, args):
@@ -189,9 +201,11 @@ def _select(model: nn.Module, layers: Layers) -> list[_Slot]:
     return [_Slot(mods) for mods in groups.values()]
 
 
-def _check_args(target_std: float, tol: float, pre_init: str | None, max_passes: int) -> None:
+def _check_args(target_std: float, tol: float, pre_init: str | None, max_passes: int, verify: str) -> None:
     if pre_init not in PRE_INITS:
         raise UnknownOptionError(choices_message("pre_init", pre_init, PRE_INITS, "None keeps the current weights"))
+    if verify not in VERIFY:
+        raise UnknownOptionError(choices_message("verify", verify, VERIFY, '"pass" always runs a verification forward'))
     for arg, value in (("target_std", target_std), ("tol", tol)):
         check.real(value, arg, low=0.0, strict=True)
     if isinstance(max_passes, bool) or not isinstance(max_passes, int) or max_passes < 2:
@@ -250,13 +264,13 @@ def _quiet(model: nn.Module):
 # ---- the passes, and the public entry point -------------------------------------------------------
 
 def _run_pass(model: nn.Module, batch: Any, slots: list[_Slot], mode: str, opts: dict, k: int,
-              reducer: distributed.Reducer | None = None) -> bool:
-    """One forward pass; True when it changed a weight. Statistics reach the host once, here.
+              reducer: distributed.Reducer | None = None) -> tuple[bool, bool]:
+    """One forward pass: (changed a weight, verified in flight). Statistics reach the host here.
     In a process group every layer call, and the end of the pass, is checked to be the same on
     every rank (a rank that skipped a layer would otherwise pair its sums with another layer's)."""
     run = _Pass(mode, opts, k, reducer)
     for slot in slots:
-        slot.calls, slot.n, slot.applied = 0, 0.0, torch.zeros_like(slot.applied)
+        slot.calls, slot.n, slot.applied, slot.after = 0, 0.0, torch.zeros_like(slot.applied), None
     with _hooks(model, slots, run):
         try:
             call(model, batch)
@@ -278,7 +292,31 @@ def _run_pass(model: nn.Module, batch: Any, slots: list[_Slot], mode: str, opts:
         slot.row, slot.multi = row, slot.multi or slot.calls > 1
         if not row[2]:
             _dead(slot, row[0])
-    return any(row[3] for row in rows)
+    return any(row[3] for row in rows), run.in_flight and _verified(ran, opts)
+
+
+def _verified(ran: list[_Slot], opts: dict) -> bool:
+    """True when pass 1 verified itself: every layer ran once (so what came after it saw its
+    corrected output, and nothing changed its weight later) and its corrected output, measured in
+    flight, is within tol. The rows then report those measurements; else pass 2 runs as before."""
+    if not ran or any(slot.calls != 1 or slot.after is None for slot in ran):
+        return False
+    measured = [slot.v for slot in ran]
+    for slot in ran:
+        slot.v = slot.after
+    rows = _host_rows(ran)
+    if all(_within(slot, row, opts) for slot, row in zip(ran, rows)):
+        for slot, row in zip(ran, rows):
+            slot.row = row
+        return True
+    for slot, v in zip(ran, measured):
+        slot.v = v
+    return False
+
+
+def _within(slot: _Slot, row: list[float], opts: dict) -> bool:
+    std, mean, centred = row[0], row[1], opts["center"] and slot.can_center
+    return abs(std - opts["target_std"]) <= opts["tol"] and (not centred or abs(mean) <= opts["tol"])
 
 
 def _dead(slot: _Slot, std: float) -> None:
@@ -305,8 +343,7 @@ def _layer(slot: _Slot, opts: dict) -> LsuvLayer:
         return LsuvLayer(name, kind, 0, *[math.nan] * 2, 1.0, 0.0, *[math.nan] * 2, False, "",
                          "never ran in the forward: left as pre-initialized")
     std, mean, _, _, scale, shift, std0, mean0 = slot.row
-    centred = opts["center"] and slot.can_center
-    within = abs(std - opts["target_std"]) <= opts["tol"] and (not centred or abs(mean) <= opts["tol"])
+    within = _within(slot, slot.row, opts)
     notes = [f"shares its weight with {', '.join(n for n, _ in slot.modules[1:])}"] * (len(slot.modules) > 1)
     notes += [f"runs {slot.calls} times per forward: std pooled, corrected between passes"] * (slot.calls > 1)
     notes += ["no bias: mean not centred"] * (opts["center"] and not slot.can_center)
@@ -317,13 +354,15 @@ def _layer(slot: _Slot, opts: dict) -> LsuvLayer:
 
 def lsuv(model: nn.Module, batch: Any, *, target_std: float = 1.0, center: bool = False, tol: float = 0.1,
          pre_init: PreInit | None = "orthogonal", layers: Layers = None, max_passes: int = 3,
-         generator: torch.Generator | None = None) -> LsuvReport:
+         verify: Verify = "auto", generator: torch.Generator | None = None) -> LsuvReport:
     """Layer-sequential unit-variance init (Mishkin & Matas 2016), corrected in one forward pass.
 
     Each layer's weight is scaled (and with ``center`` its bias shifted) so that its output on
-    ``batch`` has std ``target_std`` (and mean 0). Pass 1 corrects every layer in flight; pass 2
-    verifies. A layer that runs more than once per forward, or shares its weight, is corrected
-    between passes, up to ``max_passes``. Runs in eval mode without autograd; train flags,
+    ``batch`` has std ``target_std`` (and mean 0). Pass 1 corrects every layer in flight and
+    measures each corrected output right there; when every layer ran once and landed within
+    ``tol``, that is the verification and LSUV costs one forward. Otherwise (or with
+    ``verify="pass"``) pass 2 verifies from scratch. A layer that runs more than once per
+    forward, or shares its weight, is corrected between passes, up to ``max_passes``. Runs in eval mode without autograd; train flags,
     buffers, ``.grad`` and the global RNG are left as found, and no hook stays behind. Unlike
     the paper (and the ``lsuv`` package), the scale is solved exactly, bias included, instead
     of iterated layer by layer. A layer that feeds a normalization layer directly (BatchNorm
@@ -344,11 +383,17 @@ def lsuv(model: nn.Module, batch: Any, *, target_std: float = 1.0, center: bool 
             ConvNd, ConvTransposeNd, MultiheadAttention (scaled through its ``out_proj``) and
             transformers' ``Conv1D`` (GPT-2's Linear with its weight stored (in, out)).
         max_passes: forward passes at most, verification included (>= 2).
+        verify: "auto" (the default) accepts pass 1's in-flight measurements of the corrected
+            outputs when every layer ran once and is within ``tol``: those are the very tensors
+            the rest of the forward consumed, and a fresh pass recomputes them from the scaled
+            weights, equal to float32 rounding (about 1e-7). "pass" always runs a separate
+            verification forward (the two passes of earlier versions).
         generator: for ``pre_init``; None uses a new one seeded with 0 (never the global RNG).
 
     Returns:
         An :class:`LsuvReport`: per layer the std and mean before, the scale and bias shift
-        applied, and the std and mean measured in the verification pass.
+        applied, and the std and mean measured afterwards (in flight or in the verification
+        pass: ``report.verified`` says which).
 
     Raises:
         ModelError: no eligible layer. LayerError: a chosen layer has no weight, or its output is
@@ -361,24 +406,27 @@ def lsuv(model: nn.Module, batch: Any, *, target_std: float = 1.0, center: bool 
         >>> from initscope import zoo
         >>> model, x = zoo.build("mlp", depth=5, width=32, batch=64)
         >>> report = lsuv(model, x, center=True)
-        >>> report.passes, report.converged
-        (2, True)
+        >>> report.passes, report.verified, report.converged
+        (1, 'in flight', True)
         >>> round(model[:3](x).std().item(), 4)  # the second Linear's output
         1.0
     """
     check.module(model, "lsuv")
-    _check_args(target_std, tol, pre_init, max_passes)
+    _check_args(target_std, tol, pre_init, max_passes, verify)
     _check_batch(batch)
     slots = _select(model, layers)
     params = {id(p): p for slot in slots for _, m in slot.modules for p in m.parameters()}.values()
-    opts = {"target_std": float(target_std), "center": bool(center), "tol": float(tol)}
+    opts = {"target_std": float(target_std), "center": bool(center), "tol": float(tol), "verify": verify}
+    in_flight = False
     reducer = distributed.Reducer("lsuv") if distributed.active() else None
     with rollback(params), _quiet(model), distributed.section(reducer):
         if pre_init is not None:
             _pre_init(slots, pre_init, generator)
         for k in range(1, max_passes + 1):
             mode = "all" if k == 1 else "check" if k == max_passes else "fix"
-            if not _run_pass(model, batch, slots, mode, opts, k, reducer) and k > 1:
+            changed, in_flight = _run_pass(model, batch, slots, mode, opts, k, reducer)
+            if in_flight or (not changed and k > 1):
                 break
     slots.sort(key=lambda slot: slot.order)
-    return LsuvReport(tuple(_layer(slot, opts) for slot in slots), opts["target_std"], opts["center"], opts["tol"], k)
+    return LsuvReport(tuple(_layer(slot, opts) for slot in slots), opts["target_std"], opts["center"], opts["tol"], k,
+                      "in flight" if in_flight else f"pass {k}")

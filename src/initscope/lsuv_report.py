@@ -20,12 +20,12 @@ class LsuvLayer:
 
     name: str
     layer_type: str
-    calls: int           # times it ran in the verification pass (0: never ran, left as pre-initialized)
+    calls: int           # times it ran in the last pass (0: never ran, left as pre-initialized)
     std_before: float    # output std when LSUV reached it: after pre_init and the layers before it
     mean_before: float
     scale: float         # product of the factors applied to the weight
     bias_shift: float    # sum of the shifts added to the bias
-    std_after: float     # measured in the verification pass, over all calls
+    std_after: float     # measured on the corrected output (in flight) or in the verification pass
     mean_after: float
     within_tol: bool
     norm_after: str = ""  # the normalization layer it feeds directly, which undoes its scale
@@ -41,6 +41,7 @@ class LsuvReport:
     center: bool
     tol: float
     passes: int          # forward passes run, the verification pass included
+    verified: str = "pass"  # "in flight": pass 1's measurements of the corrected outputs; "pass k": a fresh pass
 
     @property
     def converged(self) -> bool:
@@ -55,8 +56,8 @@ class LsuvReport:
     def summary(self) -> str:
         """One line: passes, convergence, and where a normalization layer makes LSUV moot."""
         ok = "all within tol" if self.converged else f"NOT converged (worst |std - target| {self.worst:.3g})"
-        text = (f"LsuvReport: {len(self.layers)} layers, {self.passes} forward passes, target std "
-                f"{self.target_std:g}, tol {self.tol:g}: {ok}")
+        passes = f"{self.passes} forward pass{'es' * (self.passes != 1)} (verified {self.verified})"
+        text = f"LsuvReport: {len(self.layers)} layers, {passes}, target std {self.target_std:g}, tol {self.tol:g}: {ok}"
         normed = sum(bool(r.norm_after) for r in self.layers)
         return text + (f"; {normed} of {len(self.layers)} layers feed a normalization layer, which divides "
                        "the scale out again: LSUV has no effect there" if normed else "")
@@ -65,7 +66,7 @@ class LsuvReport:
         """JSON-ready form (NaN becomes None)."""
         rows = [{k: None if v != v else v for k, v in asdict(r).items()} for r in self.layers]
         return {"target_std": self.target_std, "center": self.center, "tol": self.tol, "passes": self.passes,
-                "converged": self.converged, "worst": self.worst, "layers": rows}
+                "verified": self.verified, "converged": self.converged, "worst": self.worst, "layers": rows}
 
     def __repr__(self) -> str:
         rows = [_HEAD] + [_cells(r) for r in self.layers]
