@@ -36,7 +36,7 @@ import torch
 from initscope.errors import DistributedError
 
 __all__ = ["active", "per_rank", "rank", "world_size", "is_writer", "launched", "batch_shard", "is_dtensor", "local", "full", "local_shard",
-           "set_timeout", "get_timeout", "Reducer", "agree", "replicated_keys", "reduce_stats", "section", "model_signature", "reshard"]
+           "set_timeout", "get_timeout", "Reducer", "agree", "everywhere", "replicated_keys", "reduce_stats", "section", "model_signature", "reshard"]
 
 _TIMEOUT = [300.0]
 _OFF = [0]
@@ -335,6 +335,15 @@ def agree(layout: list, what: str) -> None:
     """
     if active():
         Reducer(what).exchange(np.zeros(0, np.float64), layout)
+
+
+def everywhere(flag: bool, what: str) -> bool:
+    """Whether ``flag`` holds on every rank: one all_reduce (without a process group: ``flag``)."""
+    if not active():
+        return flag
+    buf = torch.tensor([0.0 if flag else 1.0], dtype=torch.float64)
+    _all_reduce(buf, what)
+    return buf.item() == 0.0
 
 
 @contextlib.contextmanager
