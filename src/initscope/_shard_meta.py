@@ -47,8 +47,11 @@ def _meta(t: torch.Tensor) -> torch.Tensor:
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Meta stand-ins by name; a tensor under several names (tied weights) gets one stand-in,
+    as ``functional_call(tie_weights=True)`` requires."""
     named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
-    return {n: _meta(t) for n, t in named if t.dim() > 0 or distributed.is_dtensor(t)}
+    made: dict[int, torch.Tensor] = {}
+    return {n: made.setdefault(id(t), _meta(t)) for n, t in named if t.dim() > 0 or distributed.is_dtensor(t)}
 
 
 def _fsdp_hook(hook: object, state: object) -> bool:

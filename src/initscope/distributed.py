@@ -17,7 +17,8 @@
   hash of its keys and parameter shapes. A rank that raises inside :func:`section` still
   takes part, flagged; a mismatch or a flag makes every rank raise the same
   :class:`~initscope.errors.DistributedError` naming the rank and the parameter or key.
-  Every wait is bounded by :func:`set_timeout` (default 300 s).
+  Every wait is bounded by :func:`set_timeout` (default 300 s). :func:`everywhere` lets the
+  ranks agree on a path before one that holds collectives (discovery's real-run fallback).
 
 Without an initialised process group every function is a no-op (``reduce_stats`` returns
 its input).
