@@ -95,7 +95,8 @@ def _discovery_worker(rank: int, world: int) -> dict:
 
 
 def _tp_worker(rank: int, world: int) -> dict:
-    """Tensor-parallel DTensor weights (no input hooks) with a plain example_input."""
+    """Tensor-parallel DTensor weights with a plain example_input: without hooks, and with
+    parallelize_module's (an even model: ColwiseParallel needs rows divisible by the world)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_module, distribute_tensor
     mesh = init_device_mesh("cpu", (world,))
@@ -109,4 +110,13 @@ def _tp_worker(rank: int, world: int) -> dict:
     ref_plan = initialize(reference, "kaiming", x, seed=3, rng="philox")
     model = distribute_module(_mlp(), mesh, partition)
     plan = initialize(model, "kaiming", x, seed=3)
-    return {"plan": _rows(plan) == _rows(ref_plan), "weights": _same(model, reference)}
+    out = {"plan": _rows(plan) == _rows(ref_plan), "weights": _same(model, reference)}
+    # parallelize_module's input and output hooks (local tensors to DTensors and back)
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    even = lambda: (torch.manual_seed(0), nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3)))[1]  # noqa: E731
+    reference = even()
+    ref_plan = initialize(reference, "kaiming", x, seed=3, rng="philox")
+    model = parallelize_module(even(), mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+    plan = initialize(model, "kaiming", x, seed=3)
+    out["hooked"] = _rows(plan) == _rows(ref_plan) and _same(model, reference)
+    return out

@@ -10,14 +10,17 @@ that holds DTensor parameters runs instead on the ``meta`` device:
   shape, so the forward is the unsharded model's and no rank's shard is read;
 - other tensors become meta tensors too, except 0-d ones (a scale held in a buffer), which
   stay as they are: rules read their values, as in a single-process run;
-- FSDP2's forward hooks (unshard, reshard, the root's lazy init) are held back for the
-  run: taken out of the modules' hook dictionaries and put back, in their places, on exit
-  (also when the run raises). Other hooks stay.
+- torch.distributed's forward hooks are held back for the run: FSDP2's (unshard, reshard,
+  the root's lazy init) and tensor parallelism's (local tensors to DTensors and back), which
+  move between shards and global tensors, the step the stand-in makes unnecessary. They are
+  taken out of the modules' hook dictionaries and put back, in their places, on exit (also
+  when the run raises). The user's own hooks stay.
 
-A forward this cannot run (tensor-parallel input hooks that make DTensors, ``.item()``, an
-FSDP2 version whose hooks are not recognised) gives None and the caller runs the model for
-real. Every rank takes the same path: the ranks agree first (one all_reduce). This module
-imports nothing from ``torch.distributed``; FSDP2 is looked up in ``sys.modules``, as
+A forward this cannot run (``.item()``, an input sharded along a dimension the weights
+meet, an FSDP2 version whose hooks are not recognised) gives None and the caller runs the
+model for real. Every rank takes the same path: the ranks agree first (one all_reduce), so
+that no rank waits alone in FSDP2's all-gather. This module imports nothing from
+``torch.distributed``; FSDP2 is looked up in ``sys.modules``, as
 :func:`initscope.distributed.reshard` does.
 """
 from __future__ import annotations
@@ -54,26 +57,26 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: made.setdefault(id(t), _meta(t)) for n, t in named if t.dim() > 0 or distributed.is_dtensor(t)}
 
 
-def _fsdp_hook(hook: object, state: object) -> bool:
-    """Whether ``hook`` is a bound method of the module's FSDP2 state (or wraps one)."""
-    return any(getattr(h, "__self__", None) is state for h in (hook, getattr(hook, "__wrapped__", None)))
+def _distributed_hook(hook: object) -> bool:
+    """Whether ``hook`` is torch.distributed's own (FSDP2's state methods, the lambdas of
+    ``distribute_module`` and ``parallelize_module``'s styles), also behind a wrapper."""
+    return any(str(getattr(h, "__module__", "")).startswith("torch.distributed.")
+               for h in (hook, getattr(hook, "__wrapped__", None), getattr(hook, "func", None)) if h is not None)
 
 
 @contextlib.contextmanager
-def _fsdp_hooks_held(model: nn.Module) -> Iterator[bool]:
-    """Inside, FSDP2 modules run without their forward hooks. Yields False (holding nothing)
-    when an FSDP2 module has no hook recognised as its own."""
+def _hooks_held(model: nn.Module) -> Iterator[bool]:
+    """Inside, the modules run without torch.distributed's forward hooks. Yields False (holding
+    nothing back) when an FSDP2 module has none recognised: its hooks would gather on the stand-in."""
     fsdp = sys.modules.get("torch.distributed.fsdp")
-    modules = [m for m in model.modules() if fsdp is not None and isinstance(m, fsdp.FSDPModule)]
-    saved = [(d, list(d.items())) for m in modules for d in (m._forward_pre_hooks, m._forward_hooks)]
+    dicts = [d for m in model.modules() for d in (m._forward_pre_hooks, m._forward_hooks)]
+    saved = [(d, list(d.items())) for d in dicts]
     try:
-        held = True
-        for m in modules:
-            state = fsdp.fully_shard.state(m)
-            ours = [(d, k) for d in (m._forward_pre_hooks, m._forward_hooks) for k, h in d.items()
-                    if _fsdp_hook(h, state)]
-            held = held and bool(ours)
-            for d, k in ours:
+        ours = {id(d): [k for k, h in d.items() if _distributed_hook(h)] for d in dicts}
+        fsdp_modules = [m for m in model.modules() if fsdp is not None and isinstance(m, fsdp.FSDPModule)]
+        held = all(ours[id(m._forward_pre_hooks)] and ours[id(m._forward_hooks)] for m in fsdp_modules)
+        for d in dicts if held else ():
+            for k in ours[id(d)]:
                 del d[k]
         yield held
     finally:
@@ -83,11 +86,11 @@ def _fsdp_hooks_held(model: nn.Module) -> Iterator[bool]:
 
 
 def run(model: nn.Module, example_input: object, runner: Callable[[dict, object], object]) -> object | None:
-    """``runner(meta state, meta input)`` on global shapes, FSDP2's hooks held back; None (on
-    every rank) when any rank could not run it."""
+    """``runner(meta state, meta input)`` on global shapes, torch.distributed's hooks held back;
+    None (on every rank) when any rank could not run it."""
     result = None
     try:
-        with _fsdp_hooks_held(model) as held:
+        with _hooks_held(model) as held:
             if held:
                 result = runner(_state(model), map_tensors(example_input, _meta))
     except Exception:  # noqa: BLE001  any failure on meta: the real run decides, and reports
