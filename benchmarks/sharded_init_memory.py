@@ -4,6 +4,8 @@ Each rank builds the model on meta, ``fully_shard``s every Linear and the root, 
 its shards and touches them (so they are resident), then calls initialize. The peak resident
 set during the call (ru_maxrss, which only rises) minus the resident set before it is the
 scratch the call needed; printed as (local shard + scratch) / local shard. Goal <= 1.2.
+With example_input, discovery runs on meta stand-ins of the global shapes with FSDP2's hooks
+held back (``initscope._shard_meta``), so it gathers no block either.
 
     python benchmarks/sharded_init_memory.py [--layers 12] [--width 2048] [--world 2]
 """
@@ -79,7 +81,7 @@ def main() -> None:
         for proc in procs:
             proc.join()
         block = args.width * args.width * 4
-        how = "with example_input (FSDP2 all-gathers each block in discovery)" if example else "without example_input"
+        how = "with example_input (discovery on meta, global shapes)" if example else "without example_input"
         print(f"initialize {how}: {rows[0][1] / 1e6:.1f}M parameters, {args.world} ranks, one block {block / 2**20:.0f} MiB")
         for rank, _, local, scratch, rose in rows:
             print(f"  rank {rank}: local shard {local / 2**20:.1f} MiB, scratch {scratch / 2**20:.1f} MiB, "

@@ -22,6 +22,7 @@ import torch.fx
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from initscope import _shard_meta
 from initscope._ops import Step, classify_function, classify_module, leaves
 from initscope._state import call, map_tensors, preserved, split_inputs
 from initscope.errors import ForwardError
@@ -184,13 +185,21 @@ def run(model: nn.Module, example_input: object, tracker_type) -> object:
     A forward that cannot run on meta (``.item()``, data-dependent control flow, tensors
     made on a fixed device) is run for real.
 
+    A model that holds DTensor parameters (FSDP2, tensor parallel) runs on ``meta`` first
+    whatever its input, on global shapes and without FSDP2's hooks (:mod:`initscope._shard_meta`),
+    so that no rank gathers a parameter; the real run is the fallback there too.
+
     A real run of a model whose plain ``nn.Linear`` weights hold at least
     SHAPE_ONLY_MIN_ELEMENTS values first skips their arithmetic (:func:`_shape_only`). Its
     result stands only if it completes and every weight layer ran: zeros can send
     value-dependent code elsewhere (a mixture-of-experts router, a mask that comes out
     empty), and then a full real run decides. The last real run reports any error.
     """
-    if sum(t.numel() for t in _tensors(example_input)) >= META_MIN_ELEMENTS:
+    if _shard_meta.sharded(model):  # never gather a shard: global shapes on meta (see _shard_meta)
+        tracker = _shard_meta.run(model, example_input, lambda state, x: _run(model, state, x, tracker_type)[0])
+        if tracker is not None:
+            return tracker
+    elif sum(t.numel() for t in _tensors(example_input)) >= META_MIN_ELEMENTS:
         try:
             return _run(model, *_on_meta(model, example_input), tracker_type)[0]
         except Exception:  # noqa: BLE001  any failure on meta: the real run decides, and reports

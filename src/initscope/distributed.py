@@ -17,7 +17,8 @@
   hash of its keys and parameter shapes. A rank that raises inside :func:`section` still
   takes part, flagged; a mismatch or a flag makes every rank raise the same
   :class:`~initscope.errors.DistributedError` naming the rank and the parameter or key.
-  Every wait is bounded by :func:`set_timeout` (default 300 s).
+  Every wait is bounded by :func:`set_timeout` (default 300 s). :func:`everywhere` lets the
+  ranks agree on a path before one that holds collectives (discovery's real-run fallback).
 
 Without an initialised process group every function is a no-op (``reduce_stats`` returns
 its input).
@@ -36,7 +37,7 @@ import torch
 from initscope.errors import DistributedError
 
 __all__ = ["active", "per_rank", "rank", "world_size", "is_writer", "launched", "batch_shard", "is_dtensor", "local", "full", "local_shard",
-           "set_timeout", "get_timeout", "Reducer", "agree", "replicated_keys", "reduce_stats", "section", "model_signature", "reshard"]
+           "set_timeout", "get_timeout", "Reducer", "agree", "everywhere", "replicated_keys", "reduce_stats", "section", "model_signature", "reshard"]
 
 _TIMEOUT = [300.0]
 _OFF = [0]
@@ -335,6 +336,15 @@ def agree(layout: list, what: str) -> None:
     """
     if active():
         Reducer(what).exchange(np.zeros(0, np.float64), layout)
+
+
+def everywhere(flag: bool, what: str) -> bool:
+    """Whether ``flag`` holds on every rank: one all_reduce (without a process group: ``flag``)."""
+    if not active():
+        return flag
+    buf = torch.tensor([0.0 if flag else 1.0], dtype=torch.float64)
+    _all_reduce(buf, what)
+    return buf.item() == 0.0
 
 
 @contextlib.contextmanager

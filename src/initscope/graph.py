@@ -303,8 +303,9 @@ def discover(model: nn.Module, example_input: object = None) -> Graph:
     the forward raises. The run tracks data flow, not values: a large input runs on the
     ``meta`` device, and plain ``nn.Linear`` layers skip their arithmetic (their output is
     zeros of the right shape), so values seen by custom code in the forward are not the
-    model's. Without it: ``torch.fx`` or registration order, and a
-    :class:`DiscoveryWarning`. Works on ``meta`` models (with a ``meta`` input, or none).
+    model's; a model holding DTensor parameters (FSDP2, tensor parallel) runs on ``meta`` with
+    their global shapes, gathering none (:mod:`initscope._shard_meta`). Without it: ``torch.fx``
+    or registration order, and a :class:`DiscoveryWarning`. Works on ``meta`` models (with a ``meta`` input, or none).
 
     Raises:
         ForwardError: the model raised on ``example_input``; names the layer that was

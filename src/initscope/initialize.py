@@ -209,7 +209,7 @@ def _rng(model: nn.Module, scheme: str, result: InitPlan, rng: str) -> tuple[Ini
     """Whether the counter-based generator writes, with the plan's notes saying so."""
     if rng not in ("auto", "philox", "torch"):
         raise UnknownOptionError(choices_message("rng", rng, ("auto", "philox", "torch"), "pass one of these"))
-    distributed.reshard(model)  # discovery's forward leaves an FSDP2 root unsharded
+    distributed.reshard(model)  # a real discovery forward (the fallback) leaves an FSDP2 root unsharded
     sharded = [n for n, p in model.named_parameters() if distributed.is_dtensor(p)]
     if sharded and distributed.active():
         distributed.agree(distributed.model_signature(list(model.named_parameters())), "initialize")
