@@ -69,7 +69,8 @@ class ScalarBlock:
     """
 
     def __init__(self, tags: list[str]) -> None:
-        self._entries = [_field(1, _field(1, t.encode()) + b"\x15\0\0\0\0") for t in tags]
+        self._entries = [b"\x0a" + varint(len(t) + len(varint(len(t))) + 6) + b"\x0a" + varint(len(t)) + t
+                         + b"\x15\0\0\0\0" for t in map(str.encode, tags)]  # tag 1, then simple_value 2
         self._kept: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
 
     def encode(self, values: np.ndarray) -> bytes:
@@ -138,10 +139,10 @@ class HistogramBlock:
         """What comes before the header (Value's key, length and tag, histo's key and length) and
         between it and the counts (bucket_limit; bucket's key and length) of tag ``i`` with
         buckets ``[a, b)`` and a header of ``head`` bytes. Kept for the next steps."""
-        n = varint(8 * (b - a))
+        tag, n = self._tags[i], _VARINTS[8 * (b - a)]
         size = head + 2 * (1 + len(n) + 8 * (b - a))
-        value = self._tags[i] + b"\x2a" + varint(size)
-        fixed = (b"\x0a" + varint(len(value) + size) + value, b"\x32" + n + self._limits[8 * a:8 * b] + b"\x3a" + n)
+        fixed = (b"\x0a" + varint(len(tag) + 1 + len(_VARINTS[size]) + size) + tag + b"\x2a" + _VARINTS[size],
+                 b"\x32" + n + self._limits[8 * a:8 * b] + b"\x3a" + n)
         if len(self._fixed) >= 4096:  # at most ~8 MB (a span's limits are up to 2 KB)
             self._fixed.clear()
         self._fixed[i, a, b, head] = fixed

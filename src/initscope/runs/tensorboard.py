@@ -46,11 +46,12 @@ def hist_edges() -> np.ndarray:
 _EDGES = np.arange(-126, 130, dtype=np.float64)
 _CENTERS = _EDGES - 0.5
 _CENTERS[0] = -138.0  # the middle of the subnormal bin [-150, -126)
-_MIN = np.concatenate([[-150.0], _EDGES[1:] - 1])  # each bin's left edge
+_LIMITS = np.concatenate([[np.nan], _EDGES, [np.nan]])  # of all 258 bins; 0 and 257 are never written
 # num, sum and sum_squares of the bins' centres: counts @ _MOMENTS. The counts are whole numbers,
 # the centres halves and their squares quarters: every product and partial sum is exact in
 # float64 (below 2^36 values), so the result does not depend on the order numpy adds in.
 _MOMENTS = np.stack([np.ones(256), _CENTERS, _CENTERS**2], 1)
+_MOMENTS = np.concatenate([np.zeros((1, 3)), _MOMENTS, np.zeros((1, 3))])
 _CACHED = 16  # layouts (sets of tags) kept
 
 
@@ -97,13 +98,17 @@ class TensorBoardSink:
         return block.encode(np.take(st.values, flat))
 
     def _histograms(self, st: RecordedStep) -> bytes:
-        """The step's nonempty histograms, all at once: [histograms, 256 octave bins]."""
+        """The step's nonempty histograms, all at once: [histograms, 258 bins], of which the
+        zeros' and the non-finite values' (bins 0 and 257) are left out."""
         block = self._layout(("hists", *st.hists), lambda: _tbproto.HistogramBlock(
-            [f"hist_{phase}/{layer}" for layer, phase in st.hists], _EDGES))
-        counts = np.concatenate(list(st.hists.values())).reshape(len(st.hists), -1)[:, 1:257].astype(np.float64)
-        lo, hi = (counts != 0).argmax(1), 256 - (counts[:, ::-1] != 0).argmax(1)
+            [f"hist_{phase}/{layer}" for layer, phase in st.hists], _LIMITS))
+        counts = np.concatenate(list(st.hists.values()), dtype=np.float64).reshape(len(st.hists), -1)
+        counts[:, 0] = counts[:, 257] = 0
+        nonzero = counts != 0
+        lo, hi = nonzero.argmax(1), 258 - nonzero[:, ::-1].argmax(1)
         head = np.empty((len(counts), 5))
-        head[:, 0], head[:, 1], head[:, 2:] = _MIN[lo], _EDGES[hi - 1], counts @ _MOMENTS
+        head[:, 0], head[:, 1], head[:, 2:] = _LIMITS[lo] - 1, _LIMITS[hi - 1], counts @ _MOMENTS
+        head[lo == 1, 0] = -150.0  # the subnormal bin is [-150, -126)
         rows = np.flatnonzero(head[:, 2])  # the nonempty ones (num > 0)
         if len(rows) < len(counts):
             head, lo, hi, counts = head[rows], lo[rows], hi[rows], counts[rows]
