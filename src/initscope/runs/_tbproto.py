@@ -69,8 +69,10 @@ class ScalarBlock:
     """
 
     def __init__(self, tags: list[str]) -> None:
-        self._entries = [b"\x0a" + varint(len(t) + len(varint(len(t))) + 6) + b"\x0a" + varint(len(t)) + t
-                         + b"\x15\0\0\0\0" for t in map(str.encode, tags)]  # tag 1, then simple_value 2
+        tags = [t.encode() for t in tags]
+        heads = {n: b"\x0a" + varint(n + len(varint(n)) + 6) + b"\x0a" + varint(n) for n in set(map(len, tags))}
+        self._all = np.frombuffer(b"".join([x for t in tags for x in (heads[len(t)], t, b"\x15\0\0\0\0")]), np.uint8)
+        self._sizes = np.array([len(heads[len(t)]) + len(t) + 5 for t in tags], np.int64)  # tag 1, simple_value 2
         self._kept: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
 
     def encode(self, values: np.ndarray) -> bytes:
@@ -88,10 +90,8 @@ class ScalarBlock:
         if (found := self._kept.get(key)) is None:
             if len(self._kept) >= _CACHED:
                 self._kept.clear()
-            entries = [e for e, k in zip(self._entries, keep.tolist()) if k]
-            ends = np.cumsum([len(e) for e in entries], dtype=np.int64)
-            found = self._kept[key] = (np.frombuffer(b"".join(entries), np.uint8).copy(),
-                                       ((ends - 4)[:, None] + np.arange(4)).ravel())
+            ends = np.cumsum(self._sizes[keep])
+            found = self._kept[key] = (self._all[np.repeat(keep, self._sizes)], ((ends - 4)[:, None] + np.arange(4)).ravel())
         return found
 
 
