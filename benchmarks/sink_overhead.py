@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("ignore", DeprecationWarning)  # tensorboard's protobuf use
     _instrument()
     import pyarrow.parquet  # noqa: F401 - the first part would otherwise pay this one-time import
-    import tensorboard.summary.writer.event_file_writer  # noqa: F401
+    import google_crc32c  # noqa: F401 - the TensorBoard sink's checksum, imported when its file opens
     print(f"torch {torch.__version__}, CPU, {torch.get_num_threads()} threads; median over {args.blocks} blocks of "
           f"{args.steps} recorded steps per variant, alternating\n")
     print("| model | recorded step | with run file + TensorBoard sinks | wall ratio | in write() (critical path) "

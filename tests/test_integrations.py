@@ -46,7 +46,38 @@ def test_transformers_callback_records_optimizer_steps_with_accumulation(tmp_pat
     assert not model._forward_hooks and all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
 
 
-def _lightning_module():
+@pytest.mark.parametrize("then", ["close", "train again"])
+def test_transformers_callback_after_training_raised_removes_hooks_and_keeps_the_steps(tmp_path, then):
+    transformers = pytest.importorskip("transformers")
+    from initscope.runs import Run
+
+    class Fail(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise RuntimeError("boom at step 3")
+
+    callback = integrations.InitscopeCallback(every=1, tensorboard=True)
+    trainer, model = _hf_trainer(tmp_path, callback)
+    trainer.add_callback(Fail())  # after ours: step 3 ended for the Recorder before it raised
+    with pytest.raises(RuntimeError, match="boom at step 3"):
+        trainer.train()
+    sinks = callback.session.recorder.sinks
+    assert any(m._forward_hooks for m in model.modules())  # no callback ran: the hooks are still there
+    if then == "close":
+        callback.close()
+        callback.close()  # a second time: nothing left to do
+    else:  # on_train_begin closes the run left open, then records the new one elsewhere
+        trainer.pop_callback(Fail)
+        callback.directory = tmp_path / "second"
+        trainer.train()
+        assert Run.load(tmp_path / "second" / "run.parquet").steps.tolist() == list(range(6))
+    assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+    assert all(s._thread is None or not s._thread._thread.is_alive() for s in sinks)  # writer threads ended
+    assert Run.load(tmp_path / "initscope" / "run.parquet").steps.tolist() == [0, 1, 2]  # three steps ended
+    assert not (tmp_path / "initscope" / "report.html").exists()
+
+
+def _lightning_module(fail_at=None):
     pl = pytest.importorskip("lightning.pytorch")
 
     class Tiny(pl.LightningModule):
@@ -55,6 +86,8 @@ def _lightning_module():
             self.net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1))
 
         def training_step(self, batch, batch_idx):
+            if batch_idx == fail_at:
+                raise RuntimeError(f"boom at batch {batch_idx}")
             x, y = batch
             return (self.net(x) - y).pow(2).mean()
 
@@ -80,6 +113,25 @@ def test_lightning_callback_steps_on_optimizer_steps(tmp_path):
     counts = run.count[(run.layer == "net.0") & (run.phase == "forward")]
     assert counts.tolist() == [2 * 5 * 8] * 4  # two micro-batches of 5 per optimizer step, 8 features
     assert (tmp_path / "rec" / "report.html").is_file()
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers.*")  # as above
+@pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated:FutureWarning")
+def test_lightning_callback_after_training_raised_removes_hooks_and_keeps_the_steps(tmp_path):
+    pl, module = _lightning_module(fail_at=5)  # batches 0-4 ran: optimizer steps 0 and 1 ended
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(40, 6, generator=g), torch.randn(40, 1, generator=g))
+    callback = integrations.InitscopeLightningCallback(every=1, directory=tmp_path / "rec", tensorboard=True)
+    trainer = pl.Trainer(max_steps=4, accumulate_grad_batches=2, callbacks=[callback], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=str(tmp_path), accelerator="cpu")
+    with pytest.raises(RuntimeError, match="boom at batch 5"):
+        trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=5))
+    assert all(not m._forward_hooks and not m._backward_hooks for m in module.modules())
+    assert callback.session.recorder is None
+    from initscope.runs import Run
+    assert Run.load(tmp_path / "rec" / "run.parquet").steps.tolist() == [0, 1]
+    assert list((tmp_path / "rec" / "tensorboard").glob("*.initscope")) and not (tmp_path / "rec" / "report.html").exists()
 
 
 def test_without_the_library_the_integration_says_what_to_install(monkeypatch):

@@ -73,8 +73,14 @@ def test_a_cnn_with_a_bad_init_names_the_layer_and_step_where_it_died(tmp_path):
     assert sorted(zero) == list(range(0, 300, 10))
     assert zero[0] < 0.9 and all(v >= 0.9 for s, v in zero.items() if s >= 10)
     page = _report_in_a_fresh_process(tmp_path / "run.parquet", tmp_path / "report.html")
-    assert _headline(page) == "layer `relu1`'s activations went dead at step 10 and stayed dead: " \
-        f"{zero[290]:.0%} of its units or values zero at step 290"
+    head = _headline(page)
+    first = f"layer `relu1`'s activations went dead at step 10 and stayed dead: {zero[290]:.0%} of its units or " \
+        "values zero at step 290"
+    assert head == first or head.startswith(first + ", and likewise for "), head
+    for name in re.findall(r"`([^`]+)`", head[len(first):]):  # layers said alike: dead from step 10 too
+        dead = {r.step: r.value for r in rec.history if (r.layer, r.phase) == (name, "forward")
+                and r.stat in ("zero_frac", "dead_frac") and r.value >= 0.9}
+        assert 0 not in dead and set(range(10, 300, 10)) <= set(dead), name
     # one heatmap per layer (3 conv, 3 relu, pool, flatten, head), forward and backward
     assert page.count("<img") == 2 * 9 and page.count('<figure class="chart">') == 7
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -107,10 +113,14 @@ def test_the_transformers_trainer_with_a_bad_init_names_the_layer_and_step(tmp_p
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     page = _report_in_a_fresh_process(out / "run.parquet", tmp_path / "again.html")
     head = _headline(page)
-    m = re.fullmatch(r"fp16 would underflow (\d+)% or more of `([^`]+)`'s output gradients from step (\d+)", head)
+    m = re.fullmatch(r"fp16 would underflow (\d+)% or more of `([^`]+)`'s output gradients from step (\d+)"
+                     r"(, and likewise for .*)?", head)
     assert m, head
     share, layer, step = int(m.group(1)), m.group(2), int(m.group(3))
     df = callback.session.run.to_pandas()  # the truth, from the run the callback recorded
+    for name in re.findall(r"`([^`]+)`", m.group(4) or ""):  # layers said alike: from the same step
+        alike = df[(df.layer == name) & (df.phase == "backward")].set_index("step").fp16_underflow
+        assert (alike[alike.index >= step] >= 0.1).all() and (step == 0 or alike[alike.index < step].iloc[-1] < 0.1)
     rows = df[(df.layer == layer) & (df.phase == "backward")].set_index("step").fp16_underflow
     assert rows.index.tolist() == list(range(0, 20, 2))
     assert (rows[rows.index >= step] >= 0.1).all() and (step == 0 or rows[rows.index < step].iloc[-1] < 0.1)

@@ -70,6 +70,25 @@ def test_dead_growth_underflow_and_nonfinite_are_found_where_they_began():
     assert kinds == ["dead_trend", "nonfinite", "fp16_underflow", "signal_trend"]  # errors first, then by start step
 
 
+def test_alike_findings_of_many_layers_are_said_once():
+    def edit(values, step, layer, phase):
+        many = np.isin(layer, [f"block{i}.fc" for i in range(12)]) & (phase == "grad")
+        _set(values, many & (step >= 800), "fp16_underflow", 0.3)
+        _set(values, (layer == "block20.fc") & (phase == "grad") & (step >= 900), "fp16_underflow", 0.5)  # later
+        _set(values, np.isin(layer, ["block5.fc", "block6.fc"]) & (phase == "forward") & (step >= 1200),
+             "zero_frac", 0.97)  # two alike: fewer than GROUP, each said on its own
+
+    findings = synthetic(steps=200, layers=30, edit=edit).findings
+    assert [(f.kind, f.layer, f.message) for f in findings] == [
+        ("dead_trend", "block5.fc", "layer `block5.fc`'s activations went dead at step 1200 and stayed dead: "
+                                    "97% of its units or values zero at step 1990"),
+        ("dead_trend", "block6.fc", "layer `block6.fc`'s activations went dead at step 1200 and stayed dead: "
+                                    "97% of its units or values zero at step 1990"),
+        ("fp16_underflow", "block0.fc", "fp16 would underflow 30% or more of `block0.fc`'s gradients from step 800, "
+                                        "and likewise for `block1.fc`, `block2.fc`, `block3.fc` and 8 more"),
+        ("fp16_underflow", "block20.fc", "fp16 would underflow 50% or more of `block20.fc`'s gradients from step 900")]
+
+
 def test_a_short_spike_is_not_a_state_and_thresholds_apply():
     def edit(values, step, layer, phase):
         _set(values, (layer == "block1.fc") & (phase == "forward") & (step >= 80), "zero_frac", 0.95)

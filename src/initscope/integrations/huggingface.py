@@ -32,6 +32,10 @@ class InitscopeCallback(transformers.TrainerCallback):
             :class:`~initscope.integrations.session.RunSession`.
 
     Note:
+        The Trainer calls no callback when training raises, so the Recorder's hooks would stay
+        on the model: call :meth:`close` in an ``except`` or ``finally`` around
+        ``trainer.train()`` (the next ``on_train_begin`` also closes a run left open).
+
         Evaluation forwards that run while a recorded step is armed (between the end of the
         step before it and its own end) are merged into it; set ``every`` so that recorded
         steps do not follow an evaluation, or evaluate after training.
@@ -42,6 +46,7 @@ class InitscopeCallback(transformers.TrainerCallback):
         self.session: RunSession | None = None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: D102 - TrainerCallback API
+        self.close()  # a run that a raising train() left open
         directory = self.directory or os.path.join(args.output_dir, "initscope")
         self.session = RunSession(directory, self.every, **self.options)
         self.session.start(model)
@@ -53,3 +58,10 @@ class InitscopeCallback(transformers.TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):  # noqa: D102
         if self.session is not None:
             self.session.finish()
+
+    def close(self) -> None:
+        """End a run that ``trainer.train()`` left open by raising: remove the hooks from the
+        model, write the steps recorded so far to the run file, close the sinks; no report.
+        Does nothing when no run is open (after ``on_train_end``, or a second time)."""
+        if self.session is not None and self.session.recorder is not None:
+            self.session.finish(RuntimeError("training stopped before on_train_end"))

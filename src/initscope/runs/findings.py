@@ -13,6 +13,10 @@ Pure rules over a :class:`~initscope.runs.run.Run` (no model, no tensor):
 - non-finite: the first step and layer where NaN or inf appears.
 
 Each rule reports the step where the problem began, so the earliest finding is where to look.
+The same finding for many layers (a whole network underflowing fp16 from step 0, every layer
+dying at once) is said once, naming the first layers in execution order and how many more,
+instead of once per layer: :data:`GROUP` or more findings of one rule that began at the same
+step (in the same phase and format) become one, the first layer's.
 """
 from __future__ import annotations
 
@@ -23,7 +27,10 @@ import numpy as np
 from initscope.diagnose import Finding
 from initscope.runs.run import STAT_COLUMNS, Run
 
-__all__ = ["RunThresholds", "run_findings"]
+__all__ = ["RunThresholds", "run_findings", "GROUP"]
+
+#: Findings of one rule from the same step (phase, format) said once from this many layers on.
+GROUP = 3
 
 _WHAT = {"forward": "activations", "backward": "output gradients", "grad": "gradients", "param": "values"}
 _INIT = "use initscope.initialize(model, 'kaiming') (or initscope.lsuv(model, batch))"
@@ -50,7 +57,7 @@ class RunThresholds:
 
 def run_findings(run: Run, th: RunThresholds | None = None) -> list[Finding]:
     """Every rule over ``run``, ordered by severity, then by the step where it began, then by
-    depth (the first layer in execution order first)."""
+    depth (the first layer in execution order first); alike findings of many layers grouped."""
     th = th or RunThresholds()
     found = _nonfinite(run) + _dead(run, th) + _changes(run, th) + _underflow(run, th)
     order = {"error": 0, "warning": 1, "info": 2}
@@ -59,7 +66,25 @@ def run_findings(run: Run, th: RunThresholds | None = None) -> list[Finding]:
     def where(name: str | None) -> int:  # a parameter sits at its module's depth
         return depth.get(name, depth.get((name or "").rpartition(".")[0], len(depth)))
 
-    return [f for _, f in sorted(found, key=lambda sf: (order[sf[1].severity], sf[0], where(sf[1].layer)))]
+    found.sort(key=lambda hit: (order[hit[1].severity], hit[0], where(hit[1].layer)))
+    return _grouped(found)
+
+
+def _grouped(found: list[tuple]) -> list[Finding]:
+    """``(start, finding, key)`` hits, in order; where :data:`GROUP` or more share a key, the
+    first says it for all of them ("..., and likewise for `b`, `c`, `d` and 9 more")."""
+    alike: dict[tuple, list[Finding]] = {}
+    for _, f, key in found:
+        alike.setdefault(key, []).append(f)
+    out = []
+    for _, f, key in found:
+        same = alike[key]
+        if len(same) < GROUP:
+            out.append(f)
+        elif same[0] is f:
+            others = ", ".join(f"`{g.layer}`" for g in same[1:4]) + (f" and {len(same) - 4} more" if len(same) > 4 else "")
+            out.append(Finding(f.severity, f.layer, f.kind, f"{f.message}, and likewise for {others}", f.suggestion))
+    return out
 
 
 def _first_of_tail(steps: np.ndarray, bad: np.ndarray, persist: int) -> int | None:
@@ -72,7 +97,7 @@ def _first_of_tail(steps: np.ndarray, bad: np.ndarray, persist: int) -> int | No
     return int(steps[first]) if len(bad) - first >= min(persist, len(bad)) else None
 
 
-def _nonfinite(run: Run) -> list[tuple[int, Finding]]:
+def _nonfinite(run: Run) -> list[tuple[int, Finding, tuple]]:
     bad = np.flatnonzero(run.values[:, STAT_COLUMNS.index("nonfinite")] > 0)
     if not len(bad):
         return []
@@ -80,10 +105,10 @@ def _nonfinite(run: Run) -> list[tuple[int, Finding]]:
     step, layer, phase = int(run.step[i]), str(run.layer[i]), str(run.phase[i])
     return [(step, Finding("error", layer, "nonfinite", f"non-finite values first appear at step {step}, in the "
                            f"{_WHAT[phase]} of `{layer}`", "lower the learning rate, clip gradients, or check "
-                           "the loss for log(0)"))]
+                           "the loss for log(0)"), ("nonfinite",))]
 
 
-def _dead(run: Run, th: RunThresholds) -> list[tuple[int, Finding]]:
+def _dead(run: Run, th: RunThresholds) -> list[tuple[int, Finding, tuple]]:
     out = []
     for layer in run.layers("forward"):
         steps, units = run.series(layer, "forward", "dead_frac")
@@ -95,7 +120,7 @@ def _dead(run: Run, th: RunThresholds) -> list[tuple[int, Finding]]:
         when = f"at step {start} and stayed dead" if start > steps[0] else f"from the first recorded step ({start})"
         out.append((start, Finding("error", layer, "dead_trend", f"layer `{layer}`'s activations went dead {when}: "
                                    f"{dead[-1]:.0%} of its units or values zero at step {steps[-1]}",
-                                   "lower the learning rate, or use LeakyReLU/GELU; " + _INIT)))
+                                   "lower the learning rate, or use LeakyReLU/GELU; " + _INIT), ("dead", start)))
     return out
 
 
@@ -112,7 +137,7 @@ def _largest_change(steps: np.ndarray, v: np.ndarray, window: int) -> tuple[floa
     return best
 
 
-def _changes(run: Run, th: RunThresholds) -> list[tuple[int, Finding]]:
+def _changes(run: Run, th: RunThresholds) -> list[tuple[int, Finding, tuple]]:
     out = []
     for name in run.layers("grad"):
         out += _change(name, "gradient norm of", *run.norm(name, "grad"), th, grow_only=True)
@@ -129,10 +154,11 @@ def _change(name: str, what: str, steps: np.ndarray, v: np.ndarray, th: RunThres
         return []
     verb, x = ("grew", ratio) if ratio > 1 else ("fell", 1 / ratio)
     return [(s0, Finding("warning", name, "signal_trend", f"{what} `{name}` {verb} {x:.3g}x in {s1 - s0} steps "
-                         f"(step {s0} to step {s1})", "lower the learning rate or clip gradients; " + _INIT))]
+                         f"(step {s0} to step {s1})", "lower the learning rate or clip gradients; " + _INIT),
+             (what, verb, s0))]
 
 
-def _underflow(run: Run, th: RunThresholds) -> list[tuple[int, Finding]]:
+def _underflow(run: Run, th: RunThresholds) -> list[tuple[int, Finding, tuple]]:
     out = []
     for fmt in ("fp16", "bf16"):
         for phase in ("forward", "backward", "grad"):
@@ -144,5 +170,6 @@ def _underflow(run: Run, th: RunThresholds) -> list[tuple[int, Finding]]:
                     out.append((start, Finding("warning", layer, f"{fmt}_underflow",
                                                f"{fmt} would underflow {share:.0%} or more of `{layer}`'s "
                                                f"{_WHAT[phase]} from step {start}",
-                                               "use loss scaling (torch.amp.GradScaler) or bf16; " + _INIT)))
+                                               "use loss scaling (torch.amp.GradScaler) or bf16; " + _INIT),
+                                (fmt, phase, start)))
     return out

@@ -8,12 +8,12 @@ out). Parameter values change slowly and are left to the run file, which keeps e
 and backward: the nonzero finite values' octave histogram, with log2|x| on the x axis
 (bucket ``[e, e+1)`` holds 2^e <= |x| < 2^(e+1)); exact zeros are in ``zero_frac``.
 
-Each recorded step becomes one TensorBoard event holding all its values (one protobuf per
-step rather than one per value, a tenth of the CPU time of ``add_scalar`` per value), written
-to an event file of its own (suffix ``.initscope``) in the log directory, framed with the C
-CRC-32C of ``google-crc32c`` (:mod:`initscope.runs._tfrecord`; tensorboard's own
-``EventFileWriter``, whose checksum is pure Python, where that package is missing); TensorBoard reads every event file of a directory as one run. The
-events are built in a background thread (:class:`~initscope.runs.sinks.Background`).
+Each recorded step becomes one TensorBoard event holding all its values, written to an event
+file of its own (suffix ``.initscope``) in the log directory; TensorBoard reads every event file
+of a directory as one run. The event is encoded without protobuf objects, from per-tag byte
+templates made once (:mod:`initscope.runs._tbproto`: the bytes protobuf would give, in a
+seventh to a ninth of the CPU time of building protobuf objects), framed with the C CRC-32C of ``google-crc32c`` (:mod:`initscope.runs._tfrecord`), and
+written by a background thread (:class:`~initscope.runs.sinks.Background`).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from initscope.recorder import RecordedStep
+from initscope.runs import _tbproto
 from initscope.runs._deps import require
 from initscope.runs._tfrecord import EventFile
 from initscope.runs.run import STAT_COLUMNS
@@ -45,7 +46,14 @@ def hist_edges() -> np.ndarray:
 _EDGES = np.arange(-126, 130, dtype=np.float64)
 _CENTERS = _EDGES - 0.5
 _CENTERS[0] = -138.0  # the middle of the subnormal bin [-150, -126)
-_CENTERS2 = _CENTERS**2
+_LIMITS = np.concatenate([[np.nan], _EDGES, [np.nan]])  # of all 258 bins; 0 and 257 are never written
+# num, sum and sum_squares of the bins' centres: counts @ _MOMENTS. The counts are whole numbers,
+# the centres halves and their squares quarters: every product and partial sum is exact in
+# float64 (below 2^36 values), so the result does not depend on the order numpy adds in.
+_MOMENTS = np.stack([np.ones(256), _CENTERS, _CENTERS**2], 1)
+_MOMENTS = np.concatenate([np.zeros((1, 3)), _MOMENTS, np.zeros((1, 3))])
+_CACHED = 16  # layouts (sets of tags) kept
+
 
 class TensorBoardSink:
     """Write a Recorder's steps to TensorBoard.
@@ -64,18 +72,12 @@ class TensorBoardSink:
         self.log_dir = str(writer) if isinstance(writer, (str, os.PathLike)) else writer.get_logdir()
         self.histograms = histograms
         self._thread: Background | None = None
-        self._events: Any = None
+        self._events: EventFile | None = None
+        self._layouts: dict[tuple, Any] = {}
 
     def open(self, summary: dict) -> None:
         """Start the writer thread (called by the Recorder at the first recorded step)."""
-        try:  # a C CRC-32C: tensorboard's writer checksums in pure Python, holding the GIL
-            import google_crc32c
-        except ImportError:
-            efw = require("tensorboard.summary.writer.event_file_writer", "the TensorBoard sink")
-            self._events = efw.EventFileWriter(self.log_dir, filename_suffix=".initscope")
-        else:
-            ev = require("tensorboard.compat.proto.event_pb2", "the TensorBoard sink")
-            self._events = EventFile(self.log_dir, ".initscope", google_crc32c, ev)
+        self._events = EventFile(self.log_dir, ".initscope")
         self._thread = Background("initscope-tensorboard")
 
     def write(self, step: RecordedStep) -> None:
@@ -85,35 +87,57 @@ class TensorBoardSink:
         self._thread.submit(lambda: self._write(step))
 
     def _write(self, st: RecordedStep) -> None:
-        pb = require("tensorboard.compat.proto.summary_pb2", "the TensorBoard sink")
-        ev = require("tensorboard.compat.proto.event_pb2", "the TensorBoard sink")
-        values = [pb.Summary.Value(tag=f"{phase}_{stat}/{layer}", simple_value=v)
-                  for (layer, phase), row in zip(st.keys, st.values[:, _COLS].tolist())
-                  if phase in PHASES for stat, v in zip(SCALARS, row) if v == v]
-        if self.histograms:
-            values += [pb.Summary.Value(tag=f"hist_{phase}/{layer}", histo=histo)
-                       for (layer, phase), h in st.hists.items() if (histo := _histogram(pb, h)) is not None]
-        self._events.add_event(ev.Event(wall_time=time.time(), step=st.step, summary=pb.Summary(value=values)))
+        summary = [self._scalars(st)]
+        if self.histograms and st.hists:
+            summary.append(self._histograms(st))
+        self._events.add(_tbproto.event(time.time(), st.step, summary=summary))
+
+    def _scalars(self, st: RecordedStep) -> bytes:
+        """The step's scalars: the template of its layers, filled with its values."""
+        block, flat = self._layout(("scalars", *st.keys), lambda: _scalar_layout(st.keys))
+        return block.encode(np.take(st.values, flat))
+
+    def _histograms(self, st: RecordedStep) -> bytes:
+        """The step's nonempty histograms, all at once: [histograms, 258 bins], of which the
+        zeros' and the non-finite values' (bins 0 and 257) are left out."""
+        block = self._layout(("hists", *st.hists), lambda: _tbproto.HistogramBlock(
+            [f"hist_{phase}/{layer}" for layer, phase in st.hists], _LIMITS))
+        counts = np.concatenate(list(st.hists.values()), dtype=np.float64).reshape(len(st.hists), -1)
+        counts[:, 0] = counts[:, 257] = 0
+        nonzero = counts != 0
+        lo, hi = nonzero.argmax(1), 258 - nonzero[:, ::-1].argmax(1)
+        head = np.empty((len(counts), 5))
+        head[:, 0], head[:, 1], head[:, 2:] = _LIMITS[lo] - 1, _LIMITS[hi - 1], counts @ _MOMENTS
+        head[lo == 1, 0] = -150.0  # the subnormal bin is [-150, -126)
+        rows = np.flatnonzero(head[:, 2])  # the nonempty ones (num > 0)
+        if len(rows) < len(counts):
+            head, lo, hi, counts = head[rows], lo[rows], hi[rows], counts[rows]
+        return block.encode(rows.tolist(), head, lo, hi, counts)
+
+    def _layout(self, key: tuple, make: Any) -> Any:
+        """What ``make()`` gives for this set of tags, made once (a few sets kept)."""
+        if (found := self._layouts.get(key)) is None:
+            if len(self._layouts) >= _CACHED:
+                self._layouts.clear()
+            found = self._layouts[key] = make()
+        return found
 
     def close(self) -> None:
         """Write what is queued and close this sink's event file."""
-        if self._thread is not None:
-            self._thread.close()
+        try:
+            if self._thread is not None:
+                self._thread.close()  # raises the error of a job, if any
+        finally:
             self._thread = None
-        if self._events is not None:
-            self._events.close()
-            self._events = None
+            if self._events is not None:
+                self._events.close()
+                self._events = None
 
 
-def _histogram(pb: Any, h: np.ndarray) -> Any:
-    """A HistogramProto over log2|x| of the octave bins, or None when they are empty."""
-    counts = np.asarray(h[1:257], np.float64)
-    nz = np.flatnonzero(counts)
-    if not len(nz):
-        return None
-    lo, hi = nz[0], nz[-1] + 1  # edges and centres are computed once, at import
-    return pb.HistogramProto(min=float(-150 if lo == 0 else _EDGES[lo] - 1), max=float(_EDGES[hi - 1]),
-                             num=float(counts.sum()), sum=float(counts @ _CENTERS),
-                             sum_squares=float(counts @ _CENTERS2), bucket_limit=_EDGES[lo:hi].tolist(),
-                             bucket=counts[lo:hi].tolist())
-
+def _scalar_layout(keys: list[tuple[str, str]]) -> tuple[_tbproto.ScalarBlock, np.ndarray]:
+    """The scalars' template for these (layer, phase) keys, and where their values are in
+    the flattened table of a step: rows of :data:`PHASES`, columns of :data:`SCALARS`."""
+    rows = [i for i, (_, phase) in enumerate(keys) if phase in PHASES]
+    tags = [f"{keys[i][1]}_{stat}/{keys[i][0]}" for i in rows for stat in SCALARS]
+    flat = (np.array(rows, np.int64)[:, None] * len(STAT_COLUMNS) + _COLS).ravel()
+    return _tbproto.ScalarBlock(tags), flat
