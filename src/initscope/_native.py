@@ -13,16 +13,18 @@ ninja, a failed compile, another dtype, device or layout, or ``INITSCOPE_NO_NATI
 
 Against the torch-ops path: integer counts, the histogram, the format counts, min and max
 are identical. Mean
-and variance are accumulated in float64 (per L1-resident block, sums of the deviations from a
-shift near the mean, so that M2 loses nothing to cancellation; blocks merged with Chan's
-formula), within ~1e-12 relative of an exact float64 reduction, and then
+and variance are accumulated in float64 (per L1-resident block, sums of x and of x^2, which is
+exact in float64; a block whose mean is large against its spread is summed again from a shift
+near its mean, so that M2 loses at most ~2^-41 of itself to cancellation; blocks merged with
+Chan's formula), within ~1e-12 relative of an exact float64 reduction, and then
 rounded to float32, the precision the torch path reports for float32 data, so that results
 do not depend on whether a compiler was found (the torch path's float32 sums carry ~1e-7
 relative error; the rounded double result is the correctly rounded value). One exception:
 data whose float32 sums overflow (finite values near float32's max) get a NaN or infinite mean
 or variance from the torch path, and the float64 values (rounded: inf where they exceed
 float32) from the kernel. Passing ``float32_moments=False`` to the kernel keeps the float64
-values.
+values. The kernel has AVX-512, AVX2 and plain C++ versions of its scan, picked for the CPU when
+it loads; all give the same bits (``set_isa`` on the extension picks one, for the tests).
 """
 from __future__ import annotations
 
