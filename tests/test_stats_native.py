@@ -119,6 +119,39 @@ def test_native_equals_torch_path(shape, unit_dim, kind, monkeypatch):
 
 
 @native
+@pytest.mark.parametrize("perm,unit_dim", [((1, 0, 2), -1), ((2, 0, 1), 1), ((0, 2, 1), 0), ((1, 2, 0), None),
+                                           ((2, 1, 0), 2)])
+@pytest.mark.parametrize("kind", ["normal", "relu", "special"])
+def test_a_permuted_view_is_read_in_place_with_the_stats_of_its_copy(perm, unit_dim, kind, monkeypatch):
+    """A permuted (e.g. transposed) view is read in memory order, not copied: every count, the
+    histogram, min, max and the per-unit counts equal its contiguous copy's; the moments are summed
+    in another order, so they agree to float64 rounding (1e-12 of the data's scale, as against
+    exact float64 sums) and, rounded to float32, to within one float32 ulp."""
+    base = sample((48, 20, 64), kind, seed=sum(perm) + 3)
+    view = base.permute(perm)
+    copies = []
+    monkeypatch.setattr(torch.Tensor, "contiguous", lambda t, *a, **k: copies.append(t) or t.clone())
+    got = tensor_stats(view, unit_dim=unit_dim, saturation=(0.0, 1.0))
+    assert not view.is_contiguous() and not copies
+    monkeypatch.undo()
+    ref = tensor_stats(view.contiguous(), unit_dim=unit_dim, saturation=(0.0, 1.0))
+    assert_exact_counts(ref, got)
+    assert_float64_moments(got, view.contiguous())
+    if math.isfinite(ref.mean):
+        assert got.mean == pytest.approx(ref.mean, rel=2.0**-23, abs=1e-12 * math.sqrt(ref.second_moment))
+        assert got.var == pytest.approx(ref.var, rel=2.0**-23)
+
+
+@native
+def test_memory_with_gaps_is_copied_once_and_measured():
+    x = torch.randn(40, 64)[:, ::2]
+    s = tensor_stats(x, unit_dim=1)
+    ref = tensor_stats(x.contiguous(), unit_dim=1)
+    assert_exact_counts(ref, s)
+    assert (s.mean, s.m2) == (ref.mean, ref.m2)  # the same contiguous data, the same sums
+
+
+@native
 @pytest.mark.parametrize("kind", ["offset", "shifted"])
 def test_m2_of_data_with_a_large_mean_is_exact_relative_to_itself(kind):
     """Where the mean dominates the spread (1e4 +- 1e-2: mean^2 / var = 1e12), sum x^2 - (sum x)^2 / n
@@ -230,7 +263,8 @@ def test_fallback_when_disabled(monkeypatch):
 
 def test_fallback_for_other_tensors():
     assert _native.fused(torch.randn(4, 3, dtype=torch.float64), 1, None, 0.99, _measure._EDGE_BITS, _native.Slab()) is None
-    assert _native.fused(torch.randn(3, 4).t(), 1, None, 0.99, _measure._EDGE_BITS, _native.Slab()) is None
+    gaps = torch.randn(3, 8)[:, ::2]  # every other column: the kernel reads memory without gaps only
+    assert _native.fused(gaps, 1, None, 0.99, _measure._EDGE_BITS, _native.Slab()) is None
 
 
 def test_fallback_when_the_build_fails(monkeypatch):
