@@ -50,7 +50,7 @@ from initscope.diagnose import Finding, diagnose_run
 from initscope.errors import ArgumentError
 from initscope.probe import (LayerRecord, ModuleSelection, OutputRecord, ParamRecord, Tap, Trace, measured_params,
                              select_modules)
-from initscope.stats import FORMATS, Stats, StatsAccumulator
+from initscope.stats import FORMATS, Stats, StatsAccumulator, merge_all
 
 if TYPE_CHECKING:
     import os
@@ -119,7 +119,8 @@ class Recorder:
         self._param_hooks: list = []
         self._steps: list[_Step] = []
         self._n_rows = 0
-        self._merged: dict[tuple[str, str], Stats] = {}
+        self._merged: dict[tuple[str, str], Stats] = {}  # every recorded step but the pending ones
+        self._pending: list[dict[tuple[str, str], Stats]] = []  # merged in batches (see _merge)
         self._layers: dict[str, tuple[str, bool]] = {}
         self._open = False
         self._reducer = distributed.Reducer("Recorder step") if distributed.active() else None
@@ -205,8 +206,9 @@ class Recorder:
         keys = list(per)
         values = _table(list(per.values()))
         hists = {k: s.hist for k, s in per.items() if k[1] in ("forward", "backward")}
-        for k, s in per.items():
-            self._merged[k] = self._merged[k].merge(s) if k in self._merged else s
+        self._pending.append(per)
+        if len(self._pending) >= _MERGE_EVERY:
+            self._merge()
         counts = np.array([s.count for s in per.values()], np.int64)
         self._steps.append(_Step(self._step, keys, values, int(np.count_nonzero(values == values)), hists, counts))
         self._emit(self._steps[-1])
@@ -214,6 +216,20 @@ class Recorder:
         while self._n_rows > self.max_rows and len(self._steps) > 1:
             self._steps = self._steps[:-1][::2] + self._steps[-1:]
             self._n_rows = sum(st.rows for st in self._steps)
+
+    def _merge(self) -> dict[tuple[str, str], Stats]:
+        """Merge the pending steps into the run's statistics, all of a key's at once (a merge a
+        step and key cost ~4 us: ~0.6 ms a step for a small transformer)."""
+        if self._pending:
+            parts: dict[tuple[str, str], list[Stats]] = {}
+            for k, s in self._merged.items():
+                parts[k] = [s]
+            for per in self._pending:
+                for k, s in per.items():
+                    parts.setdefault(k, []).append(s)
+            self._merged = {k: merge_all(v) for k, v in parts.items()}
+            self._pending = []
+        return self._merged
 
     @property
     def history(self) -> list[Row]:
@@ -238,13 +254,14 @@ class Recorder:
     @property
     def trace(self) -> Trace:
         """Statistics merged over every recorded step, as one Trace (one record per layer)."""
+        merged = self._merge()
         def rec(name: str) -> LayerRecord:
             typ, weight = self._layers[name]
-            out = OutputRecord("", (), "", self._merged.get((name, "forward")), self._merged.get((name, "backward")))
+            out = OutputRecord("", (), "", merged.get((name, "forward")), merged.get((name, "backward")))
             return LayerRecord(name, typ, 0, (out,), weight)
 
-        params = tuple(ParamRecord(n, tuple(p.shape), str(p.dtype).replace("torch.", ""), self._merged[n, "param"],
-                                   self._merged.get((n, "grad"))) for n, p in self._params if (n, "param") in self._merged)
+        params = tuple(ParamRecord(n, tuple(p.shape), str(p.dtype).replace("torch.", ""), merged[n, "param"],
+                                   merged.get((n, "grad"))) for n, p in self._params if (n, "param") in merged)
         return Trace(tuple(rec(n) for n in self._layers), params)
 
     @property
@@ -308,6 +325,10 @@ class Recorder:
     def to_pandas(self) -> Any:
         """The history as a long pandas table; see :meth:`initscope.runs.Run.to_pandas`."""
         return self.to_run().to_pandas()
+
+
+#: Recorded steps merged into the run's statistics at once (bounds the Stats kept pending).
+_MERGE_EVERY = 16
 
 
 class _Step(NamedTuple):
