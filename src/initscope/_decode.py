@@ -65,14 +65,15 @@ class _Classes(NamedTuple):
     neginf: np.ndarray
 
 
-def _classes(counts: list[np.ndarray], group: list[_Pending], zeros: np.ndarray) -> _Classes:
-    """The counts of both layouts (code histograms, kernel exponent counts) in one form."""
+def _classes(counts: list[np.ndarray] | np.ndarray, group: list[_Pending], zeros: np.ndarray) -> _Classes:
+    """The counts of both layouts (code histograms, kernel exponent counts) in one form; ``counts``
+    may be one [n, width] array of kernel rows (the slab's)."""
     n = len(group)
     octaves, huge, tiny = np.zeros((n, 256), np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
     over, special = np.zeros((n, len(FORMATS)), np.int64), np.zeros((n, 3), np.int64)
     kernel = [i for i, p in enumerate(group) if p.exponents]
     if kernel:  # [256 exponents, below 2^-129, one per format, NaN, +inf, -inf]
-        k = np.stack([counts[i] for i in kernel])
+        k = counts if isinstance(counts, np.ndarray) else np.stack([counts[i] for i in kernel])
         octaves[kernel], tiny[kernel] = k[:, :256], k[:, 256]
         over[kernel], special[kernel] = k[:, 257:257 + len(FORMATS)], k[:, 257 + len(FORMATS):]
     codes = [i for i, p in enumerate(group) if not p.exponents]
@@ -108,11 +109,13 @@ def _decode(scal: np.ndarray, counts: list[np.ndarray], nonzero: list[np.ndarray
     octaves = c.octaves[:, 1:255]
     hist = np.concatenate([zeros[:, None], subnormal[:, None], octaves, c.huge[:, None],
                            (c.nan + c.posinf + c.neginf)[:, None]], axis=1)
-    # below[:, j]: nonzero |x| < 2^(j - 126)
-    below = subnormal[:, None] + np.concatenate([np.zeros((len(group), 1), np.int64), octaves.cumsum(1)], axis=1)
-    norm, sub = _FMT[:, 0].astype(int), _FMT[:, 1].astype(int)
-    flush = np.where(sub >= -126, below[:, np.maximum(sub, -126) + 126], c.tiny[:, None])
-    fmt = np.stack([below[:, norm + 126], flush, c.over], axis=-1)
+    # below[:, j]: nonzero |x| < 2^(j - 126), for the j the formats need
+    norm, sub = _FMT[:, 0].astype(int) + 126, np.maximum(_FMT[:, 1].astype(int), -126) + 126
+    cum = np.zeros((len(group), max(norm.max(), sub.max()) + 1), np.int64)
+    np.cumsum(octaves[:, :cum.shape[1] - 1], axis=1, out=cum[:, 1:])
+    below = subnormal[:, None] + cum
+    flush = np.where(_FMT[:, 1] >= -126, below[:, sub], c.tiny[:, None])
+    fmt = np.stack([below[:, norm], flush, c.over], axis=-1)
     m2 = scal[:, 1] * total
     # Python numbers through tolist(), in bulk: a numpy scalar's float() or int() costs ~0.1 us each
     mean, lo, hi, sat = scal[:, 0].tolist(), scal[:, 2].tolist(), scal[:, 3].tolist(), scal[:, 4].tolist()

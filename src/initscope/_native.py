@@ -132,11 +132,11 @@ class Slab:
         return self.rows - 1, self.used - width
 
     def read(self, slots: list[tuple[int, int, int]]):
-        """(scalars [n, 5], counts rows, nonzero counts) of the (row, offset, width) slots, as copies."""
+        """(scalars [n, 5], counts [n, COUNTS], nonzero counts) of the (row, offset, width) slots,
+        copied out of the slab (the nonzero counts are views of one copy)."""
         rows = [r for r, _, _ in slots]
-        nonzero = self.nonzero.numpy()
-        return (self.scal.numpy()[rows], list(self.counts.numpy()[rows]),
-                [nonzero[o:o + w].copy() for _, o, w in slots])
+        nonzero = self.nonzero.numpy()[:self.used].copy()
+        return (self.scal.numpy()[rows], self.counts.numpy()[rows], [nonzero[o:o + w] for _, o, w in slots])
 
     def clear(self) -> None:
         self.rows = self.used = 0

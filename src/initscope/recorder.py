@@ -37,6 +37,7 @@ later thins out), and are closed when the context exits. :meth:`Recorder.save`,
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -354,8 +355,7 @@ def _table(stats: list[Stats]) -> np.ndarray:
     if not n:
         return np.empty((0, len(STATS)))
     count = np.array([s.count for s in stats], np.float64)
-    cols = np.array([(s.mean, s.m2, s.min, s.max, s.zeros, s.nonfinite, s.dead_frac, s.saturation_frac)
-                     for s in stats], np.float64).reshape(n, 8)
+    cols = np.array([_row(s.__dict__) for s in stats], np.float64).reshape(n, 8)
     fmt = np.array([s.formats for s in stats], np.float64).reshape(n, -1, 3)
     with np.errstate(divide="ignore", invalid="ignore"):
         frac = lambda v: np.where(count > 0, v / np.where(count > 0, count, 1), np.nan)  # noqa: E731
@@ -365,6 +365,15 @@ def _table(stats: list[Stats]) -> np.ndarray:
         return np.stack([cols[:, 0], std, cols[:, 2], cols[:, 3], frac(cols[:, 4]), cols[:, 5], cols[:, 6],
                          cols[:, 7], frac(fmt[:, fp16, 0]), frac(fmt[:, bf16, 0]), frac(fmt[:, fp16, 2]),
                          frac(fmt[:, bf16, 2])], axis=1)
+
+
+def _row(d: dict) -> tuple:
+    """(mean, m2, min, max, zeros, nonfinite, dead_frac, saturation_frac) of a Stats' fields, as its
+    properties give them (read from its __dict__: the properties cost ~1 us each, ~150 a step)."""
+    units, sat, n = d["unit_nonzero"], d["saturated"], d["count"]
+    dead = math.nan if units is None or not len(units) else (len(units) - np.count_nonzero(units)) / len(units)
+    return (d["mean"], d["m2"], d["min"], d["max"], d["zeros"], float(d["nan"] + d["posinf"] + d["neginf"]), dead,
+            math.nan if sat is None or not n else sat / n)
 
 
 def _grad_hook(acc: StatsAccumulator, name: str, grad: torch.Tensor) -> None:
