@@ -149,8 +149,13 @@ class Recorder:
     def step(self) -> None:
         """Mark the end of a training step: store a recorded step's statistics, arm or disarm."""
         self._flush()
-        self._disarm()
         self._step += 1
+        if self._open and self._tap is not None and not self._step % self.every and not distributed.active():
+            self._acc.clear()  # recorded again: the hooks stay, the step's state starts afresh
+            self._tap.reset()
+            self._measure_values()
+            return
+        self._disarm()
         if self._open:
             self._arm()
 
@@ -163,9 +168,15 @@ class Recorder:
         self._tap = Tap(self.model, self.watched, self._acc).__enter__()
         acc = self._tap.acc
         for name, p in self._params:
-            acc.add(("value", name), distributed.local(p))
             if p.requires_grad and not distributed.is_dtensor(p):  # FSDP2 sets a DTensor's grad outside autograd
                 self._param_hooks.append(p.register_hook(functools.partial(_grad_hook, acc, name)))
+        self._measure_values()
+
+    def _measure_values(self) -> None:
+        """Queue the parameters' values, as the step starts."""
+        acc = self._acc
+        for name, p in self._params:
+            acc.add(("value", name), distributed.local(p))
 
     def _disarm(self) -> None:
         hooks, self._param_hooks = self._param_hooks, []
