@@ -127,9 +127,8 @@ def test_run_level_trace_merges_steps():
 
 
 def test_the_trace_of_many_steps_merges_every_one_once():
-    """Past the batch of steps merged at once (16), before and after reading the trace: the same
-    data at each step (lr 0, one batch) merges to n times one step's counts, the same mean and n
-    times its M2."""
+    """Before and after reading the trace: the same data at each step (lr 0, one batch) merges to n
+    times one step's counts, the same mean and n times its M2."""
     net, opt = net_and_opt()
     opt.param_groups[0]["lr"] = 0.0
     batch = torch.randn(32, 4, generator=torch.Generator().manual_seed(3))
@@ -137,7 +136,7 @@ def test_the_trace_of_many_steps_merges_every_one_once():
         train(net, opt, rec, steps=1, batch=batch)
         one = rec.trace
         train(net, opt, rec, steps=20, batch=batch)
-        mid = rec.trace  # 21 steps: one batch of 16 merged, 5 pending
+        mid = rec.trace
         train(net, opt, rec, steps=14, batch=batch)
     for steps, trace in ((21, mid), (35, rec.trace)):
         for a, b in ((one.layer("0").forward, trace.layer("0").forward), (one.layer("2").backward, trace.layer("2").backward),

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from initscope.errors import ShapeError
-from initscope.stats import FORMATS, HIST_EXPONENTS, Stats, StatsAccumulator, merge_all, tensor_stats
+from initscope.stats import FORMATS, HIST_EXPONENTS, Stats, StatsAccumulator, tensor_stats
 
 INF, NAN = float("inf"), float("nan")
 # smallest normal, smallest subnormal, max: IEEE values for fp16 / bf16 / fp8 (OCP e4m3fn, e5m2)
@@ -230,38 +230,6 @@ def test_merge_with_nonfinite_values(data):
     parts = tensor_stats(torch.from_numpy(arr[:k]), unit_dim=1).merge(tensor_stats(torch.from_numpy(arr[k:]), unit_dim=1))
     assert_same(parts, whole)
     assert math.isnan(parts.mean) == math.isnan(whole.mean)
-
-
-@st.composite
-def cut_data(draw, with_specials=False):
-    n = draw(st.integers(2, 40))
-    rows = _rows(draw, n, with_specials)
-    cuts = sorted(set(draw(st.lists(st.integers(0, n), max_size=6))))  # empty parts too
-    return np.array(rows, dtype=np.float64), cuts
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.one_of(cut_data(), cut_data(with_specials=True)))
-def test_merge_all_equals_a_chain_of_merges_and_the_whole(data):
-    """merge_all (the Recorder's merge of many steps at once) gives the counts of the whole data
-    exactly and its mean and M2 to float64 rounding, like a chain of merges."""
-    arr, cuts = data
-    bounds = [0, *cuts, len(arr)]
-    parts = [tensor_stats(torch.from_numpy(arr[a:b]), unit_dim=1) if b > a else Stats.empty(3)
-             for a, b in zip(bounds, bounds[1:])]
-    whole = tensor_stats(torch.from_numpy(arr), unit_dim=1)
-    got = merge_all(parts)
-    assert_same(got, whole)
-    chain = parts[0]
-    for p in parts[1:]:
-        chain = chain.merge(p)
-    assert_same(got, chain)
-    assert math.isnan(got.mean) == math.isnan(whole.mean) and math.isnan(got.m2) == math.isnan(chain.m2)
-
-
-def test_merge_all_rejects_different_units():
-    with pytest.raises(ShapeError):
-        merge_all([tensor_stats(torch.randn(4, 3), unit_dim=1), tensor_stats(torch.randn(4, 2), unit_dim=1)])
 
 
 @pytest.mark.gpu

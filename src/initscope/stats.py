@@ -36,7 +36,6 @@ Examples:
 """
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Hashable
 from dataclasses import dataclass, fields
@@ -49,7 +48,7 @@ from initscope._decode import decode, transfer
 from initscope._measure import FORMATS, HIST_EXPONENTS, SATURATION_LEVEL, _measure, _Pending
 from initscope.errors import ShapeError
 
-__all__ = ["FORMATS", "HIST_EXPONENTS", "SATURATION_LEVEL", "Stats", "StatsAccumulator", "merge_all", "tensor_stats"]
+__all__ = ["FORMATS", "HIST_EXPONENTS", "SATURATION_LEVEL", "Stats", "StatsAccumulator", "tensor_stats"]
 
 @dataclass(frozen=True, eq=False)
 class Stats:
@@ -312,40 +311,6 @@ class StatsAccumulator:
         if self._slab is not None:
             self._slab.clear()
         return [(key, done[i]) for i, (key, _) in enumerate(items)]
-
-
-def merge_all(items: list[Stats]) -> Stats:
-    """The statistics of all ``items``' data together, at once (as a chain of :meth:`Stats.merge`,
-    up to float64 rounding of mean and M2: sum of n_i * mean_i / n, and sum of M2_i plus
-    n_i * (mean_i - mean)^2, Chan et al.'s formula for many parts).
-
-    Raises:
-        ShapeError: the items have different numbers of units.
-    """
-    for other in items[1:]:
-        if (other.unit_nonzero is None) != (items[0].unit_nonzero is None) or (
-                other.unit_nonzero is not None and len(other.unit_nonzero) != len(items[0].unit_nonzero)):
-            return functools.reduce(Stats.merge, items)  # raises the ShapeError merge explains
-    full = [s for s in items if s.count]
-    if len(full) < 2:
-        return full[0] if full else items[0]
-    n_i = np.array([s.count for s in full], np.float64)
-    mean_i, m2_i = np.array([s.mean for s in full]), np.array([s.m2 for s in full])
-    n = int(sum(s.count for s in full))
-    w = n_i / n
-    if np.isfinite(mean_i).all():
-        mean = float(w @ mean_i)
-        m2 = float(m2_i.sum() + n_i @ (mean_i - mean) ** 2)
-    else:  # as merge: the mean the data would have, M2 undefined
-        with np.errstate(invalid="ignore"):
-            mean, m2 = float((mean_i * w).sum()), math.nan
-    lo, hi = [s.min for s in full], [s.max for s in full]
-    units = None if full[0].unit_nonzero is None else np.sum([s.unit_nonzero for s in full], axis=0)
-    sat = None if any(s.saturated is None for s in full) else sum(s.saturated for s in full)
-    return Stats(n, mean, m2, math.nan if any(map(math.isnan, lo)) else min(lo),
-                 math.nan if any(map(math.isnan, hi)) else max(hi), sum(s.zeros for s in full),
-                 sum(s.nan for s in full), sum(s.posinf for s in full), sum(s.neginf for s in full),
-                 np.sum([s.hist for s in full], axis=0), np.sum([s.formats for s in full], axis=0), units, sat)
 
 
 def tensor_stats(x: torch.Tensor, *, unit_dim: int | None = None,
