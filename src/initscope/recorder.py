@@ -47,6 +47,7 @@ from torch import nn
 
 from initscope import distributed
 from initscope import _validate as check
+from initscope._merged import MergedStats
 from initscope.diagnose import Finding, diagnose_run
 from initscope.errors import ArgumentError
 from initscope.probe import (LayerRecord, ModuleSelection, OutputRecord, ParamRecord, Tap, Trace, measured_params,
@@ -120,7 +121,7 @@ class Recorder:
         self._param_hooks: list = []
         self._steps: list[_Step] = []
         self._n_rows = 0
-        self._merged: dict[tuple[str, str], Stats] = {}
+        self._merged = MergedStats()  # every recorded step, merged
         self._layers: dict[str, tuple[str, bool]] = {}
         self._open = False
         self._reducer = distributed.Reducer("Recorder step") if distributed.active() else None
@@ -217,8 +218,7 @@ class Recorder:
         keys = list(per)
         values = _table(list(per.values()))
         hists = {k: s.hist for k, s in per.items() if k[1] in ("forward", "backward")}
-        for k, s in per.items():  # every step: Stats kept pending fragment the heap (~20k more page faults a CNN step)
-            self._merged[k] = self._merged[k].merge(s) if k in self._merged else s
+        self._merged.add(per)
         counts = np.array([s.count for s in per.values()], np.int64)
         self._steps.append(_Step(self._step, keys, values, int(np.count_nonzero(values == values)), hists, counts))
         self._emit(self._steps[-1])
@@ -256,7 +256,7 @@ class Recorder:
             out = OutputRecord("", (), "", merged.get((name, "forward")), merged.get((name, "backward")))
             return LayerRecord(name, typ, 0, (out,), weight)
 
-        params = tuple(ParamRecord(n, tuple(p.shape), str(p.dtype).replace("torch.", ""), merged[n, "param"],
+        params = tuple(ParamRecord(n, tuple(p.shape), str(p.dtype).replace("torch.", ""), merged.get((n, "param")),
                                    merged.get((n, "grad"))) for n, p in self._params if (n, "param") in merged)
         return Trace(tuple(rec(n) for n in self._layers), params)
 
