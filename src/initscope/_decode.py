@@ -67,13 +67,17 @@ class _Classes(NamedTuple):
 
 def _classes(counts: list[np.ndarray] | np.ndarray, group: list[_Pending], zeros: np.ndarray) -> _Classes:
     """The counts of both layouts (code histograms, kernel exponent counts) in one form; ``counts``
-    may be one [n, width] array of kernel rows (the slab's)."""
+    may be one [n, width] array of kernel rows (the slab's: every row in the kernel's layout)."""
     n = len(group)
+    f = len(FORMATS)
+    if isinstance(counts, np.ndarray):  # all kernel rows: views of them
+        return _Classes(counts[:, :256], np.zeros(n, np.int64), counts[:, 256], counts[:, 257:257 + f],
+                        counts[:, 257 + f], counts[:, 258 + f], counts[:, 259 + f])
     octaves, huge, tiny = np.zeros((n, 256), np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
     over, special = np.zeros((n, len(FORMATS)), np.int64), np.zeros((n, 3), np.int64)
     kernel = [i for i, p in enumerate(group) if p.exponents]
     if kernel:  # [256 exponents, below 2^-129, one per format, NaN, +inf, -inf]
-        k = counts if isinstance(counts, np.ndarray) else np.stack([counts[i] for i in kernel])
+        k = np.stack([counts[i] for i in kernel])
         octaves[kernel], tiny[kernel] = k[:, :256], k[:, 256]
         over[kernel], special[kernel] = k[:, 257:257 + len(FORMATS)], k[:, 257 + len(FORMATS):]
     codes = [i for i, p in enumerate(group) if not p.exponents]
