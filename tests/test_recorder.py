@@ -126,6 +126,27 @@ def test_run_level_trace_merges_steps():
     assert r.forward.mean == pytest.approx(np.mean(per_step))
 
 
+def test_the_trace_of_many_steps_merges_every_one_once():
+    """Before and after reading the trace: the same data at each step (lr 0, one batch) merges to n
+    times one step's counts, the same mean and n times its M2."""
+    net, opt = net_and_opt()
+    opt.param_groups[0]["lr"] = 0.0
+    batch = torch.randn(32, 4, generator=torch.Generator().manual_seed(3))
+    with Recorder(net, every=1) as rec:
+        train(net, opt, rec, steps=1, batch=batch)
+        one = rec.trace
+        train(net, opt, rec, steps=20, batch=batch)
+        mid = rec.trace
+        train(net, opt, rec, steps=14, batch=batch)
+    for steps, trace in ((21, mid), (35, rec.trace)):
+        for a, b in ((one.layer("0").forward, trace.layer("0").forward), (one.layer("2").backward, trace.layer("2").backward),
+                     (one.params[0].value, trace.params[0].value)):
+            assert b.count == steps * a.count and b.zeros == steps * a.zeros
+            assert b.hist.tolist() == (steps * a.hist).tolist()
+            assert b.mean == pytest.approx(a.mean, rel=1e-12, abs=1e-15)
+            assert b.m2 == pytest.approx(steps * a.m2, rel=1e-9)
+
+
 def test_findings_name_the_step_where_values_turn_nonfinite():
     net, opt = net_and_opt()
     with Recorder(net) as rec:

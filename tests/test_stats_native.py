@@ -1,10 +1,11 @@
 """The fused CPU kernel (initscope._native) against the torch-ops path of initscope.stats.
 
 Integer counts, the histogram (and the format counts derived from it), min and max must be
-identical. Mean and M2: the kernel reduces in float64 (per-block shifted sums, blocks merged with
-Chan's formula); against an exact float64 reduction its error is a few float64 roundings per
-block plus one per merge, far below the 1e-12 tolerance used here (scaled by the data's
-magnitude, since cancellation makes a relative error of the mean itself meaningless near 0).
+identical. Mean and M2: the kernel reduces in float64 (per block, sums of x and of x^2, or of the
+deviations from a shift where the mean dominates the spread; blocks merged with Chan's formula);
+against an exact float64 reduction its error is ~2^-45 of the sum of squares per block plus one
+rounding per merge, far below the 1e-12 tolerance used here (scaled by the data's magnitude,
+since cancellation makes a relative error of the mean itself meaningless near 0).
 The torch path sums in float32 (pairwise), so the two paths agree only to ~1e-6.
 """
 import math
@@ -96,8 +97,11 @@ def sample(shape, kind, seed):
     return x.float().reshape(shape)
 
 
+# unit layouts the kernel treats apart: rows of units (inner 1, units a multiple of 16: 48, 64), runs
+# of one unit (inner a multiple of 16: 64, 576, 800, 48, 70000), and any other (a separate pass)
 SHAPES = [((1,), None), ((7,), None), ((5, 3), 1), ((3, 5), 0), ((64, 32, 8, 8), 1), ((2, 3, 4, 5, 6), 2),
-          ((300, 257), -1), ((16, 33, 70), -1), ((4099,), None), ((2, 70000), 0), ((8, 16, 24, 24), 1)]
+          ((300, 257), -1), ((16, 33, 70), -1), ((4099,), None), ((2, 70000), 0), ((8, 16, 24, 24), 1),
+          ((100, 48), -1), ((40, 64), -1), ((9, 7, 48), 1), ((3, 6, 16, 50), 1)]
 
 
 @native
@@ -112,6 +116,84 @@ def test_native_equals_torch_path(shape, unit_dim, kind, monkeypatch):
         scale = max(math.sqrt(got.second_moment), 1e-30)
         assert abs(got.mean - ref.mean) <= 1e-5 * scale
         assert abs(got.m2 - ref.m2) <= 1e-5 * max(got.second_moment * got.count, 1e-30)
+
+
+@native
+@pytest.mark.parametrize("perm,unit_dim", [((1, 0, 2), -1), ((2, 0, 1), 1), ((0, 2, 1), 0), ((1, 2, 0), None),
+                                           ((2, 1, 0), 2)])
+@pytest.mark.parametrize("kind", ["normal", "relu", "special"])
+def test_a_permuted_view_is_read_in_place_with_the_stats_of_its_copy(perm, unit_dim, kind, monkeypatch):
+    """A permuted (e.g. transposed) view is read in memory order, not copied: every count, the
+    histogram, min, max and the per-unit counts equal its contiguous copy's; the moments are summed
+    in another order, so they agree to float64 rounding (1e-12 of the data's scale, as against
+    exact float64 sums) and, rounded to float32, to within one float32 ulp."""
+    base = sample((48, 20, 64), kind, seed=sum(perm) + 3)
+    view = base.permute(perm)
+    copies = []
+    monkeypatch.setattr(torch.Tensor, "contiguous", lambda t, *a, **k: copies.append(t) or t.clone())
+    got = tensor_stats(view, unit_dim=unit_dim, saturation=(0.0, 1.0))
+    assert not view.is_contiguous() and not copies
+    monkeypatch.undo()
+    ref = tensor_stats(view.contiguous(), unit_dim=unit_dim, saturation=(0.0, 1.0))
+    assert_exact_counts(ref, got)
+    assert_float64_moments(got, view.contiguous())
+    if math.isfinite(ref.mean):
+        assert got.mean == pytest.approx(ref.mean, rel=2.0**-23, abs=1e-12 * math.sqrt(ref.second_moment))
+        assert got.var == pytest.approx(ref.var, rel=2.0**-23)
+
+
+@native
+def test_memory_with_gaps_is_copied_once_and_measured():
+    x = torch.randn(40, 64)[:, ::2]
+    s = tensor_stats(x, unit_dim=1)
+    ref = tensor_stats(x.contiguous(), unit_dim=1)
+    assert_exact_counts(ref, s)
+    assert (s.mean, s.m2) == (ref.mean, ref.m2)  # the same contiguous data, the same sums
+
+
+@native
+@pytest.mark.parametrize("kind", ["offset", "shifted"])
+def test_m2_of_data_with_a_large_mean_is_exact_relative_to_itself(kind):
+    """Where the mean dominates the spread (1e4 +- 1e-2: mean^2 / var = 1e12), sum x^2 - (sum x)^2 / n
+    would lose ~2^-46 * 1e12 = 1e-2 of M2; the kernel sums such blocks again from a shift, which
+    leaves float64 roundings of the deviations: 1e-10 of M2 itself is a loose bound (numpy's two-pass
+    float64 M2, the reference, is good to ~1e-13 here)."""
+    x = sample((3, 70000), kind, seed=4)
+    a = x.double().numpy().ravel()
+    slab = _native.Slab()
+    _native.load().fused_stats(x, 0, 1, False, 0.0, 0.0, _measure._EDGE_BITS, False,
+                               slab.scal, slab.counts, slab.nonzero, 0, 0)
+    m2 = ((a - a.mean()) ** 2).sum()
+    assert abs(slab.scal[0, 1].item() * a.size - m2) <= 1e-10 * m2
+
+
+@native
+def test_every_vector_path_gives_the_same_bits():
+    """The kernel's AVX-512, AVX2 and plain C++ scans (those this CPU has) write identical rows:
+    the same 16 lanes in the same order, and an FMA of x * x + s rounds as a multiply and an add
+    do (x * x of a float32 is exact in float64)."""
+    ext = _native.load()
+    best = ext.set_isa(-1)
+    levels = range(("generic", "avx2", "avx512").index(best) + 1)
+    try:
+        for (shape, unit_dim), kind in zip(SHAPES * 7, ["normal", "relu", "wide", "special", "offset", "shifted",
+                                                         "edges"] * len(SHAPES)):
+            x = sample(shape, kind, seed=17).contiguous()
+            units = inner = 0
+            if unit_dim is not None and x.dim() >= 2:
+                d = unit_dim % x.dim()
+                units, inner = x.shape[d], math.prod(x.shape[d + 1:])
+            rows = []
+            for level in levels:
+                ext.set_isa(level)
+                slab = _native.Slab()
+                ext.fused_stats(x, units, inner, True, 0.25, 1.4, _measure._EDGE_BITS, False,
+                                slab.scal, slab.counts, slab.nonzero, 0, 0)
+                rows.append((slab.scal[0].numpy().tobytes(), slab.counts[0].tolist(), slab.nonzero[:max(units, 1)].tolist()))
+            assert all(r == rows[0] for r in rows), (shape, unit_dim, kind)
+    finally:
+        ext.set_isa(("generic", "avx2", "avx512").index(best))
+    assert ext.set_isa(-1) == best
 
 
 @native
@@ -181,7 +263,8 @@ def test_fallback_when_disabled(monkeypatch):
 
 def test_fallback_for_other_tensors():
     assert _native.fused(torch.randn(4, 3, dtype=torch.float64), 1, None, 0.99, _measure._EDGE_BITS, _native.Slab()) is None
-    assert _native.fused(torch.randn(3, 4).t(), 1, None, 0.99, _measure._EDGE_BITS, _native.Slab()) is None
+    gaps = torch.randn(3, 8)[:, ::2]  # every other column: the kernel reads memory without gaps only
+    assert _native.fused(gaps, 1, None, 0.99, _measure._EDGE_BITS, _native.Slab()) is None
 
 
 def test_fallback_when_the_build_fails(monkeypatch):

@@ -2,25 +2,31 @@
 // path in initscope._measure produces, read from memory once.
 //
 // The tensor is cut into blocks of kBlock values (8 KiB, resident in L1). Each block is read
-// from memory once and then scanned in cache: a vectorised pass for the block's sum and M2
-// (deviations from a shift near the mean, in double), min, max, nonzero and saturation counts,
-// the histogram of the exponent byte of |x| and the per-unit nonzero counts. A block
-// whose sum is not finite holds a NaN or an infinity: it is scanned for NaN (which makes min and
-// max NaN, as torch.aminmax does) and for each infinity, and M2 is undefined from there on.
+// from memory once, by one vectorised scan that gives its sum and sum of squares (in double: a
+// float32's square is exact in double), min, max, nonzero and saturation counts, the per-unit
+// nonzero counts where units tile the block in runs of 16, and the exponent byte of each |x|;
+// the exponent bytes are then counted in cache. M2 comes from sum x^2 - (sum x)^2 / n, which
+// loses eps * mean^2 / var relative; a block whose mean is large against its spread
+// (sum x^2 > kCancel * M2) is summed again from a shift near its mean, so that the relative error
+// of M2 stays below ~2^-41 (128 roundings per lane, times kCancel). A block whose sum is not finite holds a NaN or an infinity:
+// it is scanned for NaN (which makes min and max NaN, as torch.aminmax does) and for each
+// infinity, and M2 is undefined from there on.
 //
-// The histogram counts exponents, not fine codes: the block's exponent bytes are collected, and
-// when the nonzero ones span at most kSpan octaves (Gaussian-like data span ~15 in a block of
-// 2048) each octave is counted by byte-wise vector compares, several times faster than a scatter
-// of one increment per value; wider blocks fall back to the scatter (four sub-histograms, which
-// break the store-forwarding chains of repeated exponents). The rare classes a format needs
-// finer than an octave are counted directly, only in blocks that can hold them: values at or
-// above each format's overflow edge (blocks whose |x| reaches the smallest edge) and float32
-// subnormals below 2^-129 (blocks with subnormals).
+// The histogram counts exponents, not fine codes: when a block's nonzero exponents span at most
+// kSpan octaves (Gaussian-like data span ~15 in a block of 2048) each octave is counted by
+// byte-wise vector compares, several times faster than a scatter of one increment per value;
+// wider blocks fall back to the scatter (four sub-histograms, which break the store-forwarding
+// chains of repeated exponents). The rare classes a format needs finer than an octave are counted
+// directly, only in blocks that can hold them: values at or above each format's overflow edge
+// (blocks whose |x| reaches the smallest edge) and float32 subnormals below 2^-129 (blocks with
+// subnormals).
 //
-// Blocks merge with Chan's formula in double, within a part (one thread's contiguous range) and
-// then across parts in a fixed order, so the result does not depend on thread scheduling. The hot
-// loops are also built for AVX2 (target_clones), picked at load time, so the cached build runs on
-// any x86-64.
+// Every sum has a fixed order: 16 lanes (value k of a block goes to lane k % 16), added lane by
+// lane at the end of the block; blocks merge with Chan's formula in double, within a part (one
+// thread's contiguous range) and then across parts in a fixed order. The scan is written three
+// times, for AVX-512, AVX2 + FMA and plain C++, picked at load time (the cached build runs on any
+// x86-64); all three give the same bits (an FMA of x * x + s rounds as the multiply and the add
+// do, since x * x is exact), and set_isa() lets the tests check that.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -32,21 +38,44 @@
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
-#define INITSCOPE_CLONES __attribute__((target_clones("avx2", "default")))
+#include <immintrin.h>
+#define INITSCOPE_X86 1
+#define INITSCOPE_AVX2 __attribute__((target("avx2,fma,popcnt")))
+#define INITSCOPE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,popcnt")))
 #else
-#define INITSCOPE_CLONES
+#define INITSCOPE_X86 0
 #endif
 
 namespace {
 
 constexpr int64_t kBlock = 2048;
+constexpr int64_t kLanes = 16;  // independent accumulators of the scan; 16 values per step
 constexpr int64_t kExp = 256;   // exponent bytes of |x|: 0 holds zeros and subnormals, 255 inf and NaN
 constexpr int64_t kSub = 4;
 constexpr int64_t kSpan = 24;   // widest octave range counted by vector compares
 constexpr int kFormats = 4;
-constexpr int64_t kMaxPart = int64_t(1) << 30;  // uint32 histogram counters stay exact
+constexpr int64_t kMaxPart = int64_t(1) << 30;  // uint32 counters stay exact
 constexpr uint32_t kInfBits = 0x7f800000u;
 constexpr uint32_t kTinyBits = 1u << 20;        // |x| < 2^-129: exponent 0, three leading mantissa bits 0
+constexpr double kCancel = 16.0;                // sum x^2 above kCancel * M2: sum again from a shift
+
+enum Isa { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
+const char* const kIsaNames[] = {"generic", "avx2", "avx512"};
+
+int best_isa() {
+#if INITSCOPE_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    return kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("popcnt"))
+    return kAvx2;
+#endif
+  return kGeneric;
+}
+
+const int kBestIsa = best_isa();
+int g_isa = kBestIsa;  // changed only by set_isa (tests)
 
 typedef uint32_t __attribute__((may_alias)) bits_t;
 
@@ -60,14 +89,29 @@ struct Part {
   int64_t nan = 0, sat = 0, nonzero = 0;
   int64_t tiny = 0, posinf = 0, neginf = 0;
   int64_t over[kFormats] = {};
-  std::vector<uint32_t> hist;  // kSub sub-histograms of kExp
-  std::vector<int64_t> units;
+  std::vector<uint32_t> hist;   // kSub sub-histograms of kExp
+  std::vector<uint32_t> units;  // nonzero values per unit (a part holds at most kMaxPart values)
 };
 
 // The overflow edges of the formats, as bit patterns of |x| (finite values at or above count).
 struct Edges {
   uint32_t bits[kFormats];
   float lowest;  // the smallest edge: a block whose |x| stays below it holds no overflow
+};
+
+// How the per-unit nonzero counts of a tensor are taken. Units are the dimension unit_dim; inner
+// is the number of values per unit per row (the product of the dimensions after it).
+enum UnitMode {
+  kNoUnits = 0,
+  kRows = 1,      // inner == 1, units % 16 == 0: 16 values of a step are 16 consecutive units
+  kRuns = 2,      // inner % 16 == 0: 16 values of a step belong to one unit
+  kSeparate = 3,  // any other layout: a second, in-cache pass per block (unit_counts)
+};
+
+struct Units {
+  int64_t count = 0, inner = 0;
+  uint32_t* cnt = nullptr;
+  UnitMode mode = kNoUnits;
 };
 
 void chan(Part& p, int64_t nb, double mean_b, double m2_b) {
@@ -79,29 +123,302 @@ void chan(Part& p, int64_t nb, double mean_b, double m2_b) {
   p.n = n;
 }
 
-typedef uint8_t u8x32 __attribute__((vector_size(32)));
-constexpr int kPass = 8;  // octaves counted per pass over a block's exponent bytes
+// A block's scan: sums, extremes, counts; the exponent bytes go to e.
+struct Scan {
+  double s = 0.0, q = 0.0;  // sum of x and of x^2
+  float lo = std::numeric_limits<float>::infinity(), hi = -std::numeric_limits<float>::infinity();
+  int64_t nonzero = 0, sat = 0;
+};
 
-// Counts of e[0, n) equal to b, b + 1, ..., b + kPass - 1, added to h[b...] (bins past 255 are
-// not counted). A comparison gives -1 per equal byte, so subtracting it counts; a lane of
-// byte counters sees at most kBlock / 32 values, so it cannot wrap.
-INITSCOPE_CLONES
-int64_t count_pass(const uint8_t* e, int64_t n, int b, uint32_t* h) {
+// Where the unit of a block's first value lies: for kRows the position in the row, for kRuns
+// the unit and the values left in its run.
+struct UnitCursor {
+  int64_t u = 0, left = 0;
+  UnitCursor(const Units& un, int64_t b0) {
+    if (un.mode == kRows) {
+      u = b0 % un.count;
+    } else if (un.mode == kRuns) {
+      const int64_t row = b0 / un.inner;
+      u = row % un.count;
+      left = un.inner - (b0 - row * un.inner);
+    }
+  }
+};
+
+void unit_counts(const float* p, int64_t b0, int64_t b1, int64_t units, int64_t inner, uint32_t* cnt) {
+  int64_t i = b0;
+  if (inner == 1) {  // units vary fastest: count along a row of units
+    int64_t u = i % units;
+    while (i < b1) {
+      const int64_t len = std::min(units - u, b1 - i);
+      const float* q = p + i;
+      uint32_t* c = cnt + u;
+      for (int64_t k = 0; k < len; ++k) c[k] += q[k] != 0.0f;
+      i += len;
+      u = 0;
+    }
+    return;
+  }
+  const int64_t row = i / inner;
+  int64_t u = row % units, left = inner - (i - row * inner);
+  while (i < b1) {
+    const int64_t len = std::min(left, b1 - i);
+    const float* q = p + i;
+    uint32_t c = 0;
+    for (int64_t k = 0; k < len; ++k) c += q[k] != 0.0f;
+    cnt[u] += c;
+    i += len;
+    left = inner;
+    u = u + 1 == units ? 0 : u + 1;
+  }
+}
+
+// The values of a block past its last whole step of 16 (the last block of a tensor only), lane
+// by lane, and the lanes added in a fixed order.
+template <bool kBand>
+inline void scan_finish(const float* q, int64_t whole, int64_t nb, float centre, float threshold, uint8_t* e,
+                        double* s, double* sq, float* lo, float* hi, int64_t nonzero, int64_t sat, Scan& r) {
+  const bits_t* u = reinterpret_cast<const bits_t*>(q);
+  for (int64_t j = 0; whole + j < nb; ++j) {
+    const float v = q[whole + j];
+    const double d = v;
+    s[j] += d;
+    sq[j] += d * d;
+    lo[j] = v < lo[j] ? v : lo[j];  // NaN compares false and is skipped; it is detected later
+    hi[j] = v > hi[j] ? v : hi[j];
+    nonzero += v != 0.0f;
+    if (kBand) sat += std::fabs(v - centre) > threshold;
+    e[whole + j] = uint8_t((u[whole + j] << 1) >> 24);
+  }
+  for (int j = 0; j < kLanes; ++j) {
+    r.s += s[j];
+    r.q += sq[j];
+    r.lo = std::min(r.lo, lo[j]);
+    r.hi = std::max(r.hi, hi[j]);
+  }
+  r.nonzero = nonzero;
+  r.sat = sat;
+}
+
+template <bool kBand>
+void scan_generic(const float* q, int64_t nb, float centre, float threshold, uint8_t* e, Scan& r) {
+  double s[kLanes] = {}, sq[kLanes] = {};
+  float lo[kLanes], hi[kLanes];
+  std::fill(lo, lo + kLanes, std::numeric_limits<float>::infinity());
+  std::fill(hi, hi + kLanes, -std::numeric_limits<float>::infinity());
+  int32_t nz[kLanes] = {}, sat[kLanes] = {};  // a block's counts fit in int32
+  const bits_t* u = reinterpret_cast<const bits_t*>(q);
+  const int64_t whole = nb - nb % kLanes;
+  for (int64_t k = 0; k < whole; k += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) {
+      const float v = q[k + j];
+      const double d = v;
+      s[j] += d;
+      sq[j] += d * d;
+      lo[j] = v < lo[j] ? v : lo[j];
+      hi[j] = v > hi[j] ? v : hi[j];
+      nz[j] += v != 0.0f;
+      if (kBand) sat[j] += std::fabs(v - centre) > threshold;
+      e[k + j] = uint8_t((u[k + j] << 1) >> 24);
+    }
+  int64_t nonzero = 0, saturated = 0;
+  for (int j = 0; j < kLanes; ++j) nonzero += nz[j], saturated += sat[j];
+  scan_finish<kBand>(q, whole, nb, centre, threshold, e, s, sq, lo, hi, nonzero, saturated, r);
+}
+
+#if INITSCOPE_X86
+// AVX2: four double accumulators of 4 lanes for the sums, two float vectors of 8 lanes for the
+// extremes (lane j takes values j and j + 8 of each step: min and max do not depend on order).
+template <bool kBand, int kUnits>
+INITSCOPE_AVX2 void scan_avx2(const float* q, int64_t nb, float centre, float threshold, uint8_t* e,
+                              const Units& un, UnitCursor cur, Scan& r) {
+  uint32_t* const cnt = un.cnt;  // locals: the counter stores could otherwise alias them
+  const int64_t units = un.count, inner = un.inner;
+  int64_t u = cur.u, left = cur.left;
+  __m256d s[4], sq[4];
+  for (int j = 0; j < 4; ++j) s[j] = sq[j] = _mm256_setzero_pd();
+  __m256 lo = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  __m256 hi = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m256 zero = _mm256_setzero_ps();
+  // byte 0 of each 32-bit lane of bits >> 23 (the exponent byte, the sign above it) to bytes 0-3
+  // (a) or 4-7 (b) of each 128-bit half; the order of the exponent bytes does not matter to the counts
+  const __m256i pick_a = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+  const __m256i pick_b = _mm256_setr_epi8(-1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          -1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1);
+  const __m256i halves = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+  int64_t nonzero = 0, sat = 0;
+  const int64_t whole = nb - nb % kLanes;
+  for (int64_t k = 0; k < whole; k += kLanes) {
+    const __m256 a = _mm256_loadu_ps(q + k), b = _mm256_loadu_ps(q + k + 8);
+    for (int j = 0; j < 4; ++j) {
+      const __m256d d = _mm256_cvtps_pd(_mm_loadu_ps(q + k + 4 * j));
+      s[j] = _mm256_add_pd(s[j], d);
+      sq[j] = _mm256_fmadd_pd(d, d, sq[j]);
+    }
+    lo = _mm256_min_ps(_mm256_min_ps(a, b), lo);  // a NaN in a or b never reaches lo (second operand)
+    hi = _mm256_max_ps(_mm256_max_ps(a, b), hi);
+    const __m256 nza = _mm256_cmp_ps(a, zero, _CMP_NEQ_UQ), nzb = _mm256_cmp_ps(b, zero, _CMP_NEQ_UQ);
+    const int64_t nz = __builtin_popcount(_mm256_movemask_ps(nza)) + __builtin_popcount(_mm256_movemask_ps(nzb));
+    nonzero += nz;
+    if (kBand) {
+      const __m256 c = _mm256_set1_ps(centre), t = _mm256_set1_ps(threshold);
+      const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+      const __m256 da = _mm256_and_ps(_mm256_sub_ps(a, c), absmask), db = _mm256_and_ps(_mm256_sub_ps(b, c), absmask);
+      sat += __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(da, t, _CMP_GT_OQ))) +
+             __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(db, t, _CMP_GT_OQ)));
+    }
+    if (kUnits == kRows) {
+      __m256i* c = reinterpret_cast<__m256i*>(cnt + u);
+      _mm256_storeu_si256(c, _mm256_sub_epi32(_mm256_loadu_si256(c), _mm256_castps_si256(nza)));
+      _mm256_storeu_si256(c + 1, _mm256_sub_epi32(_mm256_loadu_si256(c + 1), _mm256_castps_si256(nzb)));
+      u = u + kLanes == units ? 0 : u + kLanes;
+    } else if (kUnits == kRuns) {
+      cnt[u] += uint32_t(nz);
+      if (!(left -= kLanes)) left = inner, u = u + 1 == units ? 0 : u + 1;
+    }
+    const __m256i ea = _mm256_shuffle_epi8(_mm256_srli_epi32(_mm256_castps_si256(a), 23), pick_a);
+    const __m256i eb = _mm256_shuffle_epi8(_mm256_srli_epi32(_mm256_castps_si256(b), 23), pick_b);
+    const __m256i ex = _mm256_permutevar8x32_epi32(_mm256_or_si256(ea, eb), halves);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(e + k), _mm256_castsi256_si128(ex));
+  }
+  alignas(32) double sl[kLanes], sql[kLanes];
+  alignas(32) float lol[kLanes], hil[kLanes];
+  for (int j = 0; j < 4; ++j) _mm256_store_pd(sl + 4 * j, s[j]), _mm256_store_pd(sql + 4 * j, sq[j]);
+  _mm256_store_ps(lol, lo), _mm256_store_ps(lol + 8, lo), _mm256_store_ps(hil, hi), _mm256_store_ps(hil + 8, hi);
+  scan_finish<kBand>(q, whole, nb, centre, threshold, e, sl, sql, lol, hil, nonzero, sat, r);
+}
+
+// AVX-512: two double accumulators of 8 lanes (the same lanes as above), one float vector of 16
+// for each extreme, comparisons into masks.
+template <bool kBand, int kUnits>
+INITSCOPE_AVX512 void scan_avx512(const float* q, int64_t nb, float centre, float threshold, uint8_t* e,
+                                  const Units& un, UnitCursor cur, Scan& r) {
+  uint32_t* const cnt = un.cnt;  // locals: the counter stores could otherwise alias them
+  const int64_t units = un.count, inner = un.inner;
+  int64_t u = cur.u, left = cur.left;
+  __m512d s0 = _mm512_setzero_pd(), s1 = s0, q0 = s0, q1 = s0;
+  __m512 lo = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+  __m512 hi = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512i one = _mm512_set1_epi32(1);
+  int64_t nonzero = 0, sat = 0;
+  const int64_t whole = nb - nb % kLanes;
+  for (int64_t k = 0; k < whole; k += kLanes) {
+    const __m512 a = _mm512_loadu_ps(q + k);
+    const __m512d d0 = _mm512_cvtps_pd(_mm256_loadu_ps(q + k)), d1 = _mm512_cvtps_pd(_mm256_loadu_ps(q + k + 8));
+    s0 = _mm512_add_pd(s0, d0);
+    s1 = _mm512_add_pd(s1, d1);
+    q0 = _mm512_fmadd_pd(d0, d0, q0);
+    q1 = _mm512_fmadd_pd(d1, d1, q1);
+    lo = _mm512_min_ps(a, lo);
+    hi = _mm512_max_ps(a, hi);
+    const __mmask16 m = _mm512_cmp_ps_mask(a, zero, _CMP_NEQ_UQ);
+    const int64_t nz = __builtin_popcount(m);
+    nonzero += nz;
+    if (kBand) {
+      const __m512 dev = _mm512_abs_ps(_mm512_sub_ps(a, _mm512_set1_ps(centre)));
+      sat += __builtin_popcount(_mm512_cmp_ps_mask(dev, _mm512_set1_ps(threshold), _CMP_GT_OQ));
+    }
+    if (kUnits == kRows) {
+      uint32_t* c = cnt + u;
+      const __m512i v = _mm512_loadu_si512(c);
+      _mm512_storeu_si512(c, _mm512_mask_add_epi32(v, m, v, one));
+      u = u + kLanes == units ? 0 : u + kLanes;
+    } else if (kUnits == kRuns) {
+      cnt[u] += uint32_t(nz);
+      if (!(left -= kLanes)) left = inner, u = u + 1 == units ? 0 : u + 1;
+    }
+    // bits >> 23 holds the sign above the exponent byte; the narrowing drops it
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(e + k), _mm512_cvtepi32_epi8(_mm512_srli_epi32(_mm512_castps_si512(a), 23)));
+  }
+  alignas(64) double sl[kLanes], sql[kLanes];
+  alignas(64) float lol[kLanes], hil[kLanes];
+  _mm512_store_pd(sl, s0), _mm512_store_pd(sl + 8, s1), _mm512_store_pd(sql, q0), _mm512_store_pd(sql + 8, q1);
+  _mm512_store_ps(lol, lo), _mm512_store_ps(hil, hi);
+  scan_finish<kBand>(q, whole, nb, centre, threshold, e, sl, sql, lol, hil, nonzero, sat, r);
+}
+
+template <bool kBand, int kUnits>
+void scan_x86(const float* q, int64_t nb, float centre, float threshold, uint8_t* e, const Units& un,
+              int64_t b0, Scan& r) {
+  const UnitCursor cur(un, b0);
+  if (g_isa == kAvx512)
+    scan_avx512<kBand, kUnits>(q, nb, centre, threshold, e, un, cur, r);
+  else
+    scan_avx2<kBand, kUnits>(q, nb, centre, threshold, e, un, cur, r);
+}
+#endif
+
+// Scans q[0, nb) (values b0... of the tensor) and takes its per-unit counts where the layout
+// allows; returns whether the unit counts of the values scanned (all but the tail) are done.
+bool scan(const float* q, int64_t nb, bool band, float centre, float threshold, uint8_t* e, const Units& un,
+          int64_t b0, Scan& r) {
+#if INITSCOPE_X86
+  if (g_isa != kGeneric) {
+    const int mode = un.mode == kSeparate ? kNoUnits : un.mode;
+    if (band) {
+      if (mode == kRows) scan_x86<true, kRows>(q, nb, centre, threshold, e, un, b0, r);
+      else if (mode == kRuns) scan_x86<true, kRuns>(q, nb, centre, threshold, e, un, b0, r);
+      else scan_x86<true, kNoUnits>(q, nb, centre, threshold, e, un, b0, r);
+    } else {
+      if (mode == kRows) scan_x86<false, kRows>(q, nb, centre, threshold, e, un, b0, r);
+      else if (mode == kRuns) scan_x86<false, kRuns>(q, nb, centre, threshold, e, un, b0, r);
+      else scan_x86<false, kNoUnits>(q, nb, centre, threshold, e, un, b0, r);
+    }
+    return mode != kNoUnits;
+  }
+#endif
+  if (band) scan_generic<true>(q, nb, centre, threshold, e, r);
+  else scan_generic<false>(q, nb, centre, threshold, e, r);
+  return false;
+}
+
+// Sum and M2 of a block from deviations from ``shift``, for blocks whose mean is large against
+// their spread; the same 16 lanes.
+void shifted(const float* q, int64_t nb, double shift, double& sum, double& m2) {
+  double s[kLanes] = {}, sq[kLanes] = {};
+  for (int64_t k = 0; k < nb; ++k) {
+    const double d = double(q[k]) - shift;
+    s[k % kLanes] += d;
+    sq[k % kLanes] += d * d;
+  }
+  double a = 0.0, b = 0.0;
+  for (int64_t j = 0; j < kLanes; ++j) a += s[j], b += sq[j];
+  sum = a;
+  m2 = std::max(0.0, b - a * a / double(nb));
+}
+
+// Counts of e[0, n) equal to b, b + 1, ..., b + P - 1, added to h[b...].
+int64_t count_generic(const uint8_t* e, int64_t n, int b, int P, uint32_t* h) {
+  int64_t counted = 0;
+  for (int j = 0; j < P && b + j < kExp; ++j) {
+    int64_t c = 0;
+    for (int64_t k = 0; k < n; ++k) c += e[k] == b + j;
+    h[b + j] += uint32_t(c);
+    counted += c;
+  }
+  return counted;
+}
+
+#if INITSCOPE_X86
+// A comparison gives -1 per equal byte, so subtracting it counts; a lane of byte counters sees
+// at most kBlock / 32 values, so it cannot wrap; psadbw adds the 32 byte counters up.
+template <int P>
+INITSCOPE_AVX2 int64_t count_avx2(const uint8_t* e, int64_t n, int b, uint32_t* h) {
   static_assert(kBlock / 32 <= 255, "byte counters of one block must not wrap");
-  u8x32 acc[kPass] = {};
-  u8x32 want[kPass];
-  for (int j = 0; j < kPass; ++j)
-    for (int l = 0; l < 32; ++l) want[j][l] = uint8_t(b + j);
+  __m256i acc[P], want[P];
+  for (int j = 0; j < P; ++j) acc[j] = _mm256_setzero_si256(), want[j] = _mm256_set1_epi8(char(b + j));
   int64_t k = 0;
   for (; k + 32 <= n; k += 32) {
-    u8x32 v;
-    std::memcpy(&v, e + k, sizeof v);
-    for (int j = 0; j < kPass; ++j) acc[j] -= (u8x32)(v == want[j]);
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e + k));
+    for (int j = 0; j < P; ++j) acc[j] = _mm256_sub_epi8(acc[j], _mm256_cmpeq_epi8(v, want[j]));
   }
   int64_t counted = 0;
-  for (int j = 0; j < kPass && b + j < kExp; ++j) {
-    int64_t c = 0;
-    for (int l = 0; l < 32; ++l) c += acc[j][l];
+  for (int j = 0; j < P && b + j < kExp; ++j) {
+    const __m256i s = _mm256_sad_epu8(acc[j], _mm256_setzero_si256());
+    int64_t c = _mm256_extract_epi64(s, 0) + _mm256_extract_epi64(s, 1) + _mm256_extract_epi64(s, 2) +
+                _mm256_extract_epi64(s, 3);
     for (int64_t t = k; t < n; ++t) c += e[t] == b + j;
     h[b + j] += uint32_t(c);
     counted += c;
@@ -109,27 +426,51 @@ int64_t count_pass(const uint8_t* e, int64_t n, int b, uint32_t* h) {
   return counted;
 }
 
-// The exponent histogram of one block, and the sub-octave counts the formats need.
-// nonzero: the block's nonzero values; absmax: its largest |x| (NaN if it holds a NaN).
-INITSCOPE_CLONES
-void exponents(const float* q, int64_t nb, int64_t nonzero, float absmax, bool finite, const Edges& edges,
-               Part& part) {
-  const bits_t* u = reinterpret_cast<const bits_t*>(q);
-  uint8_t e[kBlock];
-  for (int64_t k = 0; k < nb; ++k) e[k] = uint8_t((u[k] << 1) >> 24);
-  uint8_t lo1 = 255, hi = 0;  // lo1: the smallest nonzero exponent minus 1 (0 wraps to 255)
+typedef int64_t (*CountFn)(const uint8_t*, int64_t, int, uint32_t*);
+const CountFn kCountAvx2[9] = {nullptr, count_avx2<1>, count_avx2<2>, count_avx2<3>, count_avx2<4>,
+                               count_avx2<5>, count_avx2<6>, count_avx2<7>, count_avx2<8>};
+#endif
+
+// The octaves lo..hi of a block's exponent bytes, counted in passes of at most 8 (what the 16
+// AVX2 registers hold); returns the values counted.
+int64_t count_octaves(const uint8_t* e, int64_t n, int lo, int hi, uint32_t* h) {
+  int64_t counted = 0;
+  for (int b = lo; b <= hi; b += 8) {
+    const int P = std::min(8, hi - b + 1);
+#if INITSCOPE_X86
+    if (g_isa != kGeneric) {
+      counted += kCountAvx2[P](e, n, b, h);
+      continue;
+    }
+#endif
+    counted += count_generic(e, n, b, P, h);
+  }
+  return counted;
+}
+
+// The smallest nonzero exponent byte (256 when there is none) and the largest.
+void exponent_range(const uint8_t* e, int64_t nb, int& lo, int& hi) {
+  uint8_t lo1 = 255, h = 0;  // lo1: the smallest nonzero exponent minus 1 (0 wraps to 255)
   for (int64_t k = 0; k < nb; ++k) {
     const uint8_t m = uint8_t(e[k] - 1);
     lo1 = m < lo1 ? m : lo1;
-    hi = e[k] > hi ? e[k] : hi;
+    h = e[k] > h ? e[k] : h;
   }
-  const int lo = lo1 == 255 ? 256 : lo1 + 1;  // 256: no nonzero exponent
+  lo = lo1 == 255 ? 256 : lo1 + 1;
+  hi = h;
+}
+
+// The exponent histogram of one block from its exponent bytes, and the sub-octave counts the
+// formats need. nonzero: the block's nonzero values; absmax: its largest |x| (NaN if it holds a NaN).
+void exponents(const float* q, const uint8_t* e, int64_t nb, int64_t nonzero, float absmax, bool finite,
+               const Edges& edges, Part& part) {
+  const bits_t* u = reinterpret_cast<const bits_t*>(q);
+  int lo, hi;
+  exponent_range(e, nb, lo, hi);
   uint32_t* h = part.hist.data();
   int64_t e0;  // values with exponent 0: zeros and subnormals
   if (finite && (hi < lo || hi - lo < kSpan)) {  // hi < lo: only zeros and subnormals
-    int64_t counted = 0;
-    for (int b = lo; b <= hi; b += kPass) counted += count_pass(e, nb, b, h);
-    e0 = nb - counted;
+    e0 = nb - (hi < lo ? 0 : count_octaves(e, nb, lo, hi, h));
     h[0] += uint32_t(e0);
   } else {
     int64_t k = 0;
@@ -166,83 +507,21 @@ void exponents(const float* q, int64_t nb, int64_t nonzero, float absmax, bool f
   }
 }
 
-INITSCOPE_CLONES
-void unit_counts(const float* p, int64_t b0, int64_t b1, int64_t units, int64_t inner, int64_t* cnt) {
-  int64_t i = b0;
-  if (inner == 1) {  // units vary fastest: count along a row of units
-    int64_t u = i % units;
-    while (i < b1) {
-      const int64_t len = std::min(units - u, b1 - i);
-      const float* q = p + i;
-      int64_t* c = cnt + u;
-#pragma omp simd
-      for (int64_t k = 0; k < len; ++k) c[k] += q[k] != 0.0f;
-      i += len;
-      u = 0;
-    }
-    return;
-  }
-  const int64_t row = i / inner;
-  int64_t u = row % units, left = inner - (i - row * inner);
-  while (i < b1) {
-    const int64_t len = std::min(left, b1 - i);
-    const float* q = p + i;
-    int64_t c = 0;
-#pragma omp simd reduction(+ : c)
-    for (int64_t k = 0; k < len; ++k) c += q[k] != 0.0f;
-    cnt[u] += c;
-    i += len;
-    left = inner;
-    u = u + 1 == units ? 0 : u + 1;
-  }
-}
-
-// Vector lanes of the in-cache passes: independent accumulators, so double additions overlap.
-constexpr int64_t kLanes = 16;
-
-INITSCOPE_CLONES
-void block(const float* p, int64_t b0, int64_t b1, int64_t units, int64_t inner, bool band,
-           float centre, float threshold, const Edges& edges, Part& part) {
+void block(const float* p, int64_t b0, int64_t b1, const Units& un, bool band, float centre, float threshold,
+           const Edges& edges, Part& part) {
   const float* q = p + b0;
-  const int64_t nb = b1 - b0, whole = nb - nb % kLanes;
-  // Deviations from a shift near the data's mean (the part's mean so far, or the block's first
-  // value) give the block's sum and M2 in one pass: M2 = sum d^2 - (sum d)^2 / nb loses only
-  // eps * (mean - shift)^2 / var, tiny for a shift that close.
-  const double shift = part.n ? part.mean : double(q[0]);
-  double sum[kLanes] = {}, sq[kLanes] = {};
-  float lo[kLanes], hi[kLanes];
-  int32_t nz[kLanes] = {}, sat[kLanes] = {};  // a block's counts fit in int32
-  std::fill(lo, lo + kLanes, std::numeric_limits<float>::infinity());
-  std::fill(hi, hi + kLanes, -std::numeric_limits<float>::infinity());
-  auto scan = [&](int64_t k, int64_t j) {
-    const float v = q[k + j];
-    const double d = double(v) - shift;
-    sum[j] += d;
-    sq[j] += d * d;
-    lo[j] = v < lo[j] ? v : lo[j];  // NaN compares false and is skipped; it is detected below
-    hi[j] = v > hi[j] ? v : hi[j];
-    nz[j] += v != 0.0f;
-    if (band) sat[j] += std::fabs(v - centre) > threshold;
-  };
-  for (int64_t k = 0; k < whole; k += kLanes)
-    for (int64_t j = 0; j < kLanes; ++j) scan(k, j);
-  for (int64_t j = 0; whole + j < nb; ++j) scan(whole, j);
-  double s = 0.0, s2 = 0.0;
-  float blo = std::numeric_limits<float>::infinity(), bhi = -blo;
-  int64_t bnz = 0;
-  for (int64_t j = 0; j < kLanes; ++j) {
-    s += sum[j];
-    s2 += sq[j];
-    blo = std::min(blo, lo[j]);
-    bhi = std::max(bhi, hi[j]);
-    bnz += nz[j];
-    part.sat += sat[j];
-  }
-  part.lo = std::min(part.lo, blo);
-  part.hi = std::max(part.hi, bhi);
-  part.nonzero += bnz;
-  const bool finite = std::isfinite(s) && std::isfinite(s2);
-  float absmax = std::max(-blo, bhi);
+  const int64_t nb = b1 - b0;
+  uint8_t e[kBlock];
+  Scan r;
+  const bool units_done = scan(q, nb, band, centre, threshold, e, un, b0, r);
+  if (un.mode != kNoUnits)  // the whole block, or the tail the scan left
+    unit_counts(p, units_done ? b0 + nb - nb % kLanes : b0, b1, un.count, un.inner, un.cnt);
+  part.lo = std::min(part.lo, r.lo);
+  part.hi = std::max(part.hi, r.hi);
+  part.nonzero += r.nonzero;
+  part.sat += r.sat;
+  const bool finite = std::isfinite(r.s) && std::isfinite(r.q);
+  float absmax = std::max(-r.lo, r.hi);
   if (!finite) {  // a NaN or an infinity in this block: M2 is undefined from here on
     part.finite = false;
     const bits_t* u = reinterpret_cast<const bits_t*>(q);
@@ -258,11 +537,19 @@ void block(const float* p, int64_t b0, int64_t b1, int64_t units, int64_t inner,
     part.nan += nan;
     if (nan) absmax = std::numeric_limits<float>::quiet_NaN();
   } else {
-    part.sum += shift * double(nb) + s;
-    if (part.finite) chan(part, nb, shift + s / double(nb), std::max(0.0, s2 - s * s / double(nb)));
+    part.sum += r.s;
+    if (part.finite) {
+      double mean = r.s / double(nb), m2 = r.q - r.s * mean;
+      if (r.q > kCancel * m2) {  // mean^2 > (kCancel - 1) var: sum the deviations from a shift instead
+        const double shift = part.n ? part.mean : double(q[0]);
+        double s;
+        shifted(q, nb, shift, s, m2);
+        mean = shift + s / double(nb);
+      }
+      chan(part, nb, mean, std::max(0.0, m2));
+    }
   }
-  exponents(q, nb, bnz, absmax, finite, edges, part);
-  if (units) unit_counts(p, b0, b1, units, inner, part.units.data());
+  exponents(q, e, nb, r.nonzero, absmax, finite, edges, part);
 }
 
 }  // namespace
@@ -286,6 +573,7 @@ void fused_stats(const at::Tensor& x, int64_t units, int64_t inner, bool band, d
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous(),
               "fused_stats needs a contiguous float32 CPU tensor");
   TORCH_CHECK(int64_t(edge_bits.size()) == kFormats, "fused_stats needs one edge per format");
+  TORCH_CHECK(units >= 0 && (units == 0 || inner >= 1), "fused_stats: units must be >= 0 and inner >= 1");
   TORCH_CHECK(scal_out.scalar_type() == at::kDouble && scal_out.is_contiguous() && scal_out.dim() == 2 &&
                   scal_out.size(1) == 5 && counts_out.scalar_type() == at::kLong && counts_out.is_contiguous() &&
                   counts_out.dim() == 2 && counts_out.size(1) == kCounts && nonzero_out.scalar_type() == at::kLong &&
@@ -305,6 +593,10 @@ void fused_stats(const at::Tensor& x, int64_t units, int64_t inner, bool band, d
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks / 8));
   parts = std::max(parts, (n + kMaxPart - 1) / kMaxPart);
+  const UnitMode mode = !units                          ? kNoUnits
+                        : inner == 1 && units % kLanes == 0 ? kRows
+                        : inner % kLanes == 0           ? kRuns
+                                                        : kSeparate;
   std::vector<Part> out(parts);
   for (Part& part : out) {  // allocated here, not in the pool's threads (and their malloc arenas)
     part.hist.assign(kSub * kExp, 0);
@@ -314,9 +606,11 @@ void fused_stats(const at::Tensor& x, int64_t units, int64_t inner, bool band, d
   at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       Part& part = out[i];
+      Units un;
+      un.count = units, un.inner = inner, un.cnt = part.units.data(), un.mode = mode;
       const int64_t first = blocks * i / parts, last = blocks * (i + 1) / parts;
       for (int64_t b = first; b < last; ++b)
-        block(p, b * kBlock, std::min(n, (b + 1) * kBlock), units, inner, band, c, t, edges, part);
+        block(p, b * kBlock, std::min(n, (b + 1) * kBlock), un, band, c, t, edges, part);
     }
   });
   Part all;
@@ -369,6 +663,15 @@ void fused_stats(const at::Tensor& x, int64_t units, int64_t inner, bool band, d
   sc[4] = band ? double(all.sat) : nan;
 }
 
+// The vector code path in use ("avx512", "avx2" or "generic"). level >= 0 asks for that path
+// (0 generic, 1 AVX2, 2 AVX-512), capped at what the CPU has: for tests, which check that every
+// path gives the same bits.
+std::string set_isa(int64_t level) {
+  if (level >= 0) g_isa = int(std::min<int64_t>(level, kBestIsa));
+  return kIsaNames[g_isa];
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fused_stats", &fused_stats, "initscope: one-pass tensor statistics (float32, CPU), into buffers");
+  m.def("set_isa", &set_isa, "initscope: the vector code path in use; level >= 0 picks one (tests)");
 }

@@ -13,16 +13,18 @@ ninja, a failed compile, another dtype, device or layout, or ``INITSCOPE_NO_NATI
 
 Against the torch-ops path: integer counts, the histogram, the format counts, min and max
 are identical. Mean
-and variance are accumulated in float64 (per L1-resident block, sums of the deviations from a
-shift near the mean, so that M2 loses nothing to cancellation; blocks merged with Chan's
-formula), within ~1e-12 relative of an exact float64 reduction, and then
+and variance are accumulated in float64 (per L1-resident block, sums of x and of x^2, which is
+exact in float64; a block whose mean is large against its spread is summed again from a shift
+near its mean, so that M2 loses at most ~2^-41 of itself to cancellation; blocks merged with
+Chan's formula), within ~1e-12 relative of an exact float64 reduction, and then
 rounded to float32, the precision the torch path reports for float32 data, so that results
 do not depend on whether a compiler was found (the torch path's float32 sums carry ~1e-7
 relative error; the rounded double result is the correctly rounded value). One exception:
 data whose float32 sums overflow (finite values near float32's max) get a NaN or infinite mean
 or variance from the torch path, and the float64 values (rounded: inf where they exceed
 float32) from the kernel. Passing ``float32_moments=False`` to the kernel keeps the float64
-values.
+values. The kernel has AVX-512, AVX2 and plain C++ versions of its scan, picked for the CPU when
+it loads; all give the same bits (``set_isa`` on the extension picks one, for the tests).
 """
 from __future__ import annotations
 
@@ -111,25 +113,30 @@ class Slab:
         self.counts = torch.empty(rows, COUNTS, dtype=torch.int64)
         self.nonzero = torch.empty(values, dtype=torch.int64)
         self.rows = self.used = 0
+        self._capacity = (rows, values)  # plain ints: len() of a tensor costs a hook ~0.4 us
 
     def reserve(self, width: int) -> tuple[int, int]:
         """A free row and ``width`` free nonzero slots: (row, offset)."""
-        if self.rows == len(self.scal):
+        rows, values = self._capacity
+        if self.rows == rows:
             self.scal = torch.cat([self.scal, torch.empty_like(self.scal)])
             self.counts = torch.cat([self.counts, torch.empty_like(self.counts)])
-        if self.used + width > len(self.nonzero):
-            grown = torch.empty(max(2 * len(self.nonzero), self.used + width), dtype=torch.int64)
+            rows *= 2
+        if self.used + width > values:
+            values = max(2 * values, self.used + width)
+            grown = torch.empty(values, dtype=torch.int64)
             grown[:self.used] = self.nonzero[:self.used]
             self.nonzero = grown
+        self._capacity = (rows, values)
         self.rows, self.used = self.rows + 1, self.used + width
         return self.rows - 1, self.used - width
 
     def read(self, slots: list[tuple[int, int, int]]):
-        """(scalars [n, 5], counts rows, nonzero counts) of the (row, offset, width) slots, as copies."""
+        """(scalars [n, 5], counts [n, COUNTS], nonzero counts) of the (row, offset, width) slots,
+        copied out of the slab (the nonzero counts are views of one copy)."""
         rows = [r for r, _, _ in slots]
-        nonzero = self.nonzero.numpy()
-        return (self.scal.numpy()[rows], list(self.counts.numpy()[rows]),
-                [nonzero[o:o + w].copy() for _, o, w in slots])
+        nonzero = self.nonzero.numpy()[:self.used].copy()
+        return (self.scal.numpy()[rows], self.counts.numpy()[rows], [nonzero[o:o + w] for _, o, w in slots])
 
     def clear(self) -> None:
         self.rows = self.used = 0
@@ -140,24 +147,55 @@ def fused(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | Non
     """Measure ``x`` in one pass into ``slab``: its (row, offset, width) there, or None to fall back.
 
     Args:
-        x: the tensor; only contiguous float32 CPU tensors are handled.
+        x: the tensor; float32 CPU tensors whose elements fill their memory without gaps (any
+            order of the dimensions: a transposed or permuted view is read in memory order, no copy).
         unit_dim: dimension indexing units, or None.
         band: (centre, half_width) of a bounded activation, or None.
         level: saturated where |x - centre| > level * half_width.
         edges: per format, the float32 bit pattern of |x| from which a finite value overflows it.
         slab: where the results go.
     """
-    if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous() or disabled():
+    if x.dtype != torch.float32 or x.device.type != "cpu" or disabled():
         return None
-    ext = load()
-    if ext is None:
+    ext = _module if _module is not None else load()
+    return None if ext is None else measure_into(ext, x, unit_dim, band, level, edges, slab)
+
+
+def measure_into(ext: object, x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | None,
+                 level: float, edges: list[int], slab: Slab) -> tuple[int, int, int] | None:
+    """:func:`fused` without its checks, for a caller that made them (``x`` float32 on the CPU,
+    ``ext`` the loaded extension, the kernel not disabled): a hook's few microseconds."""
+    flat, units, inner = _layout(x, unit_dim)
+    if flat is None:
         return None
-    units = inner = 0
-    if unit_dim is not None:
-        d = unit_dim % x.dim()
-        units, inner = x.shape[d], math.prod(x.shape[d + 1:])
     centre, half = band if band is not None else (0.0, 0.0)
-    row, offset = slab.reserve(max(units, 1))
-    ext.fused_stats(x, units, inner, band is not None, centre, level * half, edges, True,
+    width = max(units, 1)
+    row, offset = slab.reserve(width)
+    ext.fused_stats(flat, units, inner, band is not None, centre, level * half, edges, True,
                     slab.scal, slab.counts, slab.nonzero, row, offset)
-    return row, offset, max(units, 1)
+    return row, offset, width
+
+
+def _layout(x: torch.Tensor, unit_dim: int | None) -> tuple[torch.Tensor | None, int, int]:
+    """(a contiguous view of x's memory, units, inner), or (None, 0, 0) where the memory has gaps.
+
+    In memory order the unit of the value at offset o is (o // inner) % units, with inner the
+    unit dimension's stride: for a dense layout the dimensions of smaller stride fill exactly one
+    stride. Every statistic but the moments is a count, the same in any order; the moments are
+    summed in memory order, so a permuted view and its contiguous copy agree to float64 rounding
+    (within 1e-12 of the data's scale, the same float32 values but for rare last-bit ties)."""
+    if x.is_contiguous():
+        if unit_dim is None:
+            return x, 0, 0
+        shape = x.shape
+        d = unit_dim % len(shape)
+        return x, shape[d], math.prod(shape[d + 1:])
+    strides = x.stride()
+    p = x.detach().permute(sorted(range(len(strides)), key=lambda k: -strides[k]))
+    if not p.is_contiguous():
+        return None, 0, 0
+    if unit_dim is None:
+        return p, 0, 0
+    d = unit_dim % len(strides)
+    units = x.shape[d]
+    return p, units, (strides[d] if units > 1 else 1)

@@ -122,6 +122,16 @@ class Tap:
     def __init__(self, model: nn.Module, watched: list[tuple[str, nn.Module]],
                  acc: StatsAccumulator, track: bool = False) -> None:
         self.model, self.watched, self.acc, self.track = model, watched, acc, track
+        self._handles: list = []  # module hooks, for the life of the Tap
+        self._tensor_handles: list = []  # gradient hooks on this step's outputs
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new step with the module hooks kept: forget the calls seen, remove the
+        gradient hooks on the outputs seen (the Recorder reuses a Tap over recorded steps)."""
+        handles, self._tensor_handles = self._tensor_handles, []
+        for h in handles:
+            h.remove()
         self.calls: list[_Call] = []
         self.stack: list[str] = []
         self.completed: list[str] = []
@@ -129,7 +139,6 @@ class Tap:
         self.root_called = False  # a LightningModule's forward may never run (training_step calls its children)
         self._counts: dict[str, int] = {}
         self._recomputed: dict[str, int] = {}
-        self._handles: list = []
         self._last: tuple[tuple[int, ...], int | None] = ((), None)
 
     def __enter__(self) -> Tap:
@@ -149,7 +158,8 @@ class Tap:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        handles, self._handles = self._handles, []
+        handles, self._handles = self._handles + self._tensor_handles, []
+        self._tensor_handles = []
         for h in handles:
             h.remove()
 
@@ -204,7 +214,7 @@ class Tap:
                 self._hook_grad(t, (ci, j, "bwd"), out)
 
     def _hook_grad(self, t: torch.Tensor, key: tuple, out: _Out) -> None:
-        self._handles.append(t.register_hook(functools.partial(self._grad, key, out.unit_dim)))
+        self._tensor_handles.append(t.register_hook(functools.partial(self._grad, key, out.unit_dim)))
         out.hooked = True
 
     def _grad(self, key: tuple, unit_dim: int | None, grad: torch.Tensor) -> None:

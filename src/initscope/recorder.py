@@ -37,6 +37,7 @@ later thins out), and are closed when the context exits. :meth:`Recorder.save`,
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -46,6 +47,7 @@ from torch import nn
 
 from initscope import distributed
 from initscope import _validate as check
+from initscope._merged import MergedStats
 from initscope.diagnose import Finding, diagnose_run
 from initscope.errors import ArgumentError
 from initscope.probe import (LayerRecord, ModuleSelection, OutputRecord, ParamRecord, Tap, Trace, measured_params,
@@ -119,7 +121,7 @@ class Recorder:
         self._param_hooks: list = []
         self._steps: list[_Step] = []
         self._n_rows = 0
-        self._merged: dict[tuple[str, str], Stats] = {}
+        self._merged = MergedStats()  # every recorded step, merged
         self._layers: dict[str, tuple[str, bool]] = {}
         self._open = False
         self._reducer = distributed.Reducer("Recorder step") if distributed.active() else None
@@ -147,8 +149,13 @@ class Recorder:
     def step(self) -> None:
         """Mark the end of a training step: store a recorded step's statistics, arm or disarm."""
         self._flush()
-        self._disarm()
         self._step += 1
+        if self._open and self._tap is not None and not self._step % self.every and not distributed.active():
+            self._acc.clear()  # recorded again: the hooks stay, the step's state starts afresh
+            self._tap.reset()
+            self._measure_values()
+            return
+        self._disarm()
         if self._open:
             self._arm()
 
@@ -161,9 +168,15 @@ class Recorder:
         self._tap = Tap(self.model, self.watched, self._acc).__enter__()
         acc = self._tap.acc
         for name, p in self._params:
-            acc.add(("value", name), distributed.local(p))
             if p.requires_grad and not distributed.is_dtensor(p):  # FSDP2 sets a DTensor's grad outside autograd
                 self._param_hooks.append(p.register_hook(functools.partial(_grad_hook, acc, name)))
+        self._measure_values()
+
+    def _measure_values(self) -> None:
+        """Queue the parameters' values, as the step starts."""
+        acc = self._acc
+        for name, p in self._params:
+            acc.add(("value", name), distributed.local(p))
 
     def _disarm(self) -> None:
         hooks, self._param_hooks = self._param_hooks, []
@@ -205,8 +218,7 @@ class Recorder:
         keys = list(per)
         values = _table(list(per.values()))
         hists = {k: s.hist for k, s in per.items() if k[1] in ("forward", "backward")}
-        for k, s in per.items():
-            self._merged[k] = self._merged[k].merge(s) if k in self._merged else s
+        self._merged.add(per)
         counts = np.array([s.count for s in per.values()], np.int64)
         self._steps.append(_Step(self._step, keys, values, int(np.count_nonzero(values == values)), hists, counts))
         self._emit(self._steps[-1])
@@ -238,13 +250,14 @@ class Recorder:
     @property
     def trace(self) -> Trace:
         """Statistics merged over every recorded step, as one Trace (one record per layer)."""
+        merged = self._merged
         def rec(name: str) -> LayerRecord:
             typ, weight = self._layers[name]
-            out = OutputRecord("", (), "", self._merged.get((name, "forward")), self._merged.get((name, "backward")))
+            out = OutputRecord("", (), "", merged.get((name, "forward")), merged.get((name, "backward")))
             return LayerRecord(name, typ, 0, (out,), weight)
 
-        params = tuple(ParamRecord(n, tuple(p.shape), str(p.dtype).replace("torch.", ""), self._merged[n, "param"],
-                                   self._merged.get((n, "grad"))) for n, p in self._params if (n, "param") in self._merged)
+        params = tuple(ParamRecord(n, tuple(p.shape), str(p.dtype).replace("torch.", ""), merged.get((n, "param")),
+                                   merged.get((n, "grad"))) for n, p in self._params if (n, "param") in merged)
         return Trace(tuple(rec(n) for n in self._layers), params)
 
     @property
@@ -333,8 +346,7 @@ def _table(stats: list[Stats]) -> np.ndarray:
     if not n:
         return np.empty((0, len(STATS)))
     count = np.array([s.count for s in stats], np.float64)
-    cols = np.array([(s.mean, s.m2, s.min, s.max, s.zeros, s.nonfinite, s.dead_frac, s.saturation_frac)
-                     for s in stats], np.float64).reshape(n, 8)
+    cols = np.array([_row(s.__dict__) for s in stats], np.float64).reshape(n, 8)
     fmt = np.array([s.formats for s in stats], np.float64).reshape(n, -1, 3)
     with np.errstate(divide="ignore", invalid="ignore"):
         frac = lambda v: np.where(count > 0, v / np.where(count > 0, count, 1), np.nan)  # noqa: E731
@@ -344,6 +356,15 @@ def _table(stats: list[Stats]) -> np.ndarray:
         return np.stack([cols[:, 0], std, cols[:, 2], cols[:, 3], frac(cols[:, 4]), cols[:, 5], cols[:, 6],
                          cols[:, 7], frac(fmt[:, fp16, 0]), frac(fmt[:, bf16, 0]), frac(fmt[:, fp16, 2]),
                          frac(fmt[:, bf16, 2])], axis=1)
+
+
+def _row(d: dict) -> tuple:
+    """(mean, m2, min, max, zeros, nonfinite, dead_frac, saturation_frac) of a Stats' fields, as its
+    properties give them (read from its __dict__: the properties cost ~1 us each, ~150 a step)."""
+    units, sat, n = d["unit_nonzero"], d["saturated"], d["count"]
+    dead = math.nan if units is None or not len(units) else (len(units) - np.count_nonzero(units)) / len(units)
+    return (d["mean"], d["m2"], d["min"], d["max"], d["zeros"], float(d["nan"] + d["posinf"] + d["neginf"]), dead,
+            math.nan if sat is None or not n else sat / n)
 
 
 def _grad_hook(acc: StatsAccumulator, name: str, grad: torch.Tensor) -> None:

@@ -1,0 +1,116 @@
+"""Statistics merged over a run's recorded steps, one row per key, updated in place.
+
+The Recorder merges each recorded step into the run's statistics (its ``trace``). A
+:meth:`initscope.stats.Stats.merge` per key and step costs ~4 us and leaves a new Stats each
+time (~0.6 ms a step for a small transformer); here a step is one set of vectorised updates
+of a few arrays. The arithmetic is :meth:`Stats.merge`'s, operation for operation, so the
+result has the same bits as a chain of merges.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable
+
+import numpy as np
+
+from initscope.stats import FORMATS, Stats
+
+__all__ = ["MergedStats"]
+
+
+class MergedStats:
+    """Per key, the merge of every Stats added under that key, in the order added."""
+
+    def __init__(self, rows: int = 64) -> None:
+        self.index: dict[Hashable, int] = {}
+        self.count = np.zeros(rows, np.int64)
+        self.moments = np.zeros((rows, 2))  # mean, m2
+        self.lo, self.hi = np.full(rows, math.inf), np.full(rows, -math.inf)
+        self.ints = np.zeros((rows, 5), np.int64)  # zeros, nan, posinf, neginf, saturated
+        self.has_sat = np.zeros(rows, bool)
+        self.hist = np.zeros((rows, 258), np.int64)
+        self.formats = np.zeros((rows, len(FORMATS), 3), np.int64)
+        self.units: list[np.ndarray | None] = []
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self.index
+
+    def get(self, key: Hashable) -> Stats | None:
+        """The merged Stats of ``key`` (a copy), or None if never added."""
+        i = self.index.get(key)
+        if i is None:
+            return None
+        mean, m2 = self.moments[i].tolist()
+        zeros, nan, posinf, neginf, sat = self.ints[i].tolist()
+        units = self.units[i]
+        return Stats(int(self.count[i]), mean, m2, float(self.lo[i]), float(self.hi[i]), zeros, nan, posinf, neginf,
+                     self.hist[i].copy(), self.formats[i].copy(), None if units is None else units.copy(),
+                     sat if self.has_sat[i] else None)
+
+    def add(self, per: dict[Hashable, Stats]) -> None:
+        """Merge one step's Stats (one per key) into the rows of their keys.
+
+        Raises:
+            ShapeError: a key's units differ from those merged before (as Stats.merge).
+        """
+        if not per:
+            return
+        stats = list(per.values())
+        rows = [self._row(k, s) for k, s in per.items()]
+        idx, new = np.array([i for i, _ in rows]), np.array([n for _, n in rows])
+        c1, c2 = self.count[idx].astype(np.float64), np.array([s.count for s in stats], np.float64)
+        m = np.array([(s.mean, s.m2, s.min, s.max) for s in stats], np.float64).reshape(-1, 4)
+        self._moments(idx, new, c1, c2, m[:, 0], m[:, 1])
+        lo, hi = self.lo[idx], self.hi[idx]
+        nan = np.isnan(lo) | np.isnan(m[:, 2])
+        self.lo[idx] = np.where(nan, math.nan, np.minimum(lo, m[:, 2]))
+        nan = np.isnan(hi) | np.isnan(m[:, 3])
+        self.hi[idx] = np.where(nan, math.nan, np.maximum(hi, m[:, 3]))
+        has = np.array([s.saturated is not None for s in stats])
+        self.ints[idx] += np.array([(s.zeros, s.nan, s.posinf, s.neginf, s.saturated or 0) for s in stats],
+                                   np.int64).reshape(-1, 5)
+        # merge's shortcuts: with no data now, the data before; with none before, the step's own
+        old = self.has_sat[idx]
+        self.has_sat[idx] = np.where(new, has, np.where(c2 == 0, old, np.where(c1 == 0, has, old & has)))
+        self.count[idx] += c2.astype(np.int64)
+        self.hist[idx] += np.stack([s.hist for s in stats])
+        self.formats[idx] += np.stack([s.formats for s in stats])
+
+    def _moments(self, idx: np.ndarray, new: np.ndarray, c1: np.ndarray, c2: np.ndarray, mean2: np.ndarray,
+                 m2b: np.ndarray) -> None:
+        """Chan's formula as Stats.merge writes it, for every row at once (a new key's row takes
+        the step's Stats as it is, as the Recorder stored the first one)."""
+        mean1, m2a = self.moments[idx, 0], self.moments[idx, 1]
+        n = c1 + c2
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            delta = mean2 - mean1
+            mean = mean1 + delta * c2 / n
+            m2 = m2a + m2b + delta * delta * c1 * c2 / n
+            spread = mean1 * (c1 / n) + mean2 * (c2 / n)  # an infinite or NaN mean, M2 undefined
+        finite = np.isfinite(mean1) & np.isfinite(mean2)
+        mean, m2 = np.where(finite, mean, spread), np.where(finite, m2, math.nan)
+        take, keep = new | ((c1 == 0) & (c2 > 0)), ~new & (c2 == 0)
+        self.moments[idx, 0] = np.where(take, mean2, np.where(keep, mean1, mean))
+        self.moments[idx, 1] = np.where(take, m2b, np.where(keep, m2a, m2))
+
+    def _row(self, key: Hashable, s: Stats) -> tuple[int, bool]:
+        """The row of ``key`` and whether it is new; its units merged in place."""
+        i = self.index.get(key)
+        if i is None:
+            i = self.index[key] = len(self.index)
+            if i == len(self.count):
+                self._grow()
+            self.units.append(None if s.unit_nonzero is None else s.unit_nonzero.copy())
+            return i, True
+        units = self.units[i]
+        if (units is None) != (s.unit_nonzero is None) or (units is not None and len(units) != len(s.unit_nonzero)):
+            self.get(key).merge(s)  # raises the ShapeError that explains it
+        if units is not None:
+            units += s.unit_nonzero
+        return i, False
+
+    def _grow(self) -> None:
+        for name in ("count", "moments", "lo", "hi", "ints", "has_sat", "hist", "formats"):
+            a = getattr(self, name)
+            fill = {"lo": math.inf, "hi": -math.inf}.get(name, 0)
+            setattr(self, name, np.concatenate([a, np.full_like(a, fill)]))
