@@ -191,3 +191,22 @@ def test_the_report_command(tmp_path):
     assert main(["report", str(tmp_path / "nope"), "-o", str(tmp_path / "r.html")], out=out, err=err) == 2
     assert err.getvalue() == (f"initscope: error: run file '{tmp_path / 'nope'}' does not exist; write one with "
                               "Recorder.save(path) or a RunWriter sink\n")
+
+
+def test_a_sink_that_fails_to_close_does_not_keep_the_others_open(tmp_path):
+    class Failing:
+        def open(self, summary):
+            pass
+
+        def write(self, step):
+            pass
+
+        def close(self):
+            raise OSError("disk full")
+
+    net, path = _net(), tmp_path / "run.parquet"
+    writer = RunWriter(path, flush_every=100)  # nothing on disk until close flushes it
+    with pytest.raises(OSError, match="disk full"):
+        with Recorder(net, every=1, sinks=[Failing(), writer]) as rec:
+            _train(rec, net, 3)
+    assert Run.load(path).step.tolist()[-1] == 2  # the writer after the failing sink still closed

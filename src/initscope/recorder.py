@@ -281,10 +281,17 @@ class Recorder:
             sink.write(step)
 
     def _close_sinks(self) -> None:
+        """Close every sink, also when one of them raises; the first error is raised after."""
         if self._sinks_open:
             self._sinks_open = False
+            errors = []
             for sink in self.sinks:
-                sink.close()
+                try:
+                    sink.close()
+                except Exception as e:  # noqa: BLE001  the others still flush and close
+                    errors.append(e)
+            if errors:
+                raise errors[0]
 
     @property
     def steps(self) -> tuple[RecordedStep, ...]:
