@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--models", default="cnn,transformer")
     args = ap.parse_args(argv)
-    warnings.simplefilter("ignore", DeprecationWarning)  # tensorboard's protobuf use
+    warnings.simplefilter("ignore", DeprecationWarning)  # third-party imports (tensorboard is used only without google-crc32c)
     _instrument()
     import pyarrow.parquet  # noqa: F401 - the first part would otherwise pay this one-time import
     import google_crc32c  # noqa: F401 - the TensorBoard sink's checksum, imported when its file opens
