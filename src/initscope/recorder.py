@@ -190,20 +190,67 @@ class Recorder:
         if self._tap is None or not self._tap.calls:  # armed, but no forward ran
             return
         tap = self._tap
+        if self._reducer is None and self._flush_columns(tap):
+            return
         with distributed.section(self._reducer):
             host = self._host(tap)
         per: dict[tuple[str, str], Stats] = {}
         for key, s in host:
-            if key[0] in ("value", "grad"):
-                k = (key[1], "param" if key[0] == "value" else "grad")
-            else:
-                call = tap.calls[key[0]]
-                self._layers.setdefault(call.name, (call.type, call.weight_layer))
-                if key[1] != next((j for j, o in enumerate(call.outputs) if not o.note), None):
-                    continue  # the history follows each layer's main output
-                k = (call.name, "forward" if key[2] == "fwd" else "backward")
-            per[k] = per[k].merge(s) if k in per else s
+            k = self._history_key(tap, key)
+            if k is not None:
+                per[k] = per[k].merge(s) if k in per else s
         self._store(per)
+
+    def _history_key(self, tap: Tap, key: tuple) -> tuple[str, str] | None:
+        """The (layer, phase) a measured tensor's key is stored under, or None (not in the history)."""
+        if key[0] in ("value", "grad"):
+            return key[1], "param" if key[0] == "value" else "grad"
+        call = tap.calls[key[0]]
+        self._layers.setdefault(call.name, (call.type, call.weight_layer))
+        if key[1] != next((j for j, o in enumerate(call.outputs) if not o.note), None):
+            return None  # the history follows each layer's main output
+        return call.name, "forward" if key[2] == "fwd" else "backward"
+
+    def _flush_columns(self, tap: Tap) -> bool:
+        """The step stored from the statistics as arrays, without a Stats per tensor; False (and
+        nothing done) unless every tensor went through the fused kernel, one per history key, and
+        no parameter is a DTensor (their gradients are added at the flush)."""
+        if any(distributed.is_dtensor(p) for _, p in self._params):
+            return False
+        got = tap.acc.to_columns()
+        if got is None:
+            return False
+        keys, c = got
+        sel, hkeys = [], []
+        for i, key in enumerate(keys):
+            k = self._history_key(tap, key)
+            if k is not None:
+                sel.append(i)
+                hkeys.append(k)
+        if len(set(hkeys)) != len(hkeys):  # several tensors under one key: merged as Stats
+            fields = _decode_fields(c, sel)
+            per: dict[tuple[str, str], Stats] = {}
+            for k, f in zip(hkeys, fields):
+                s = Stats._of(f)
+                per[k] = per[k].merge(s) if k in per else s
+            self._store(per)
+            return True
+        ix = np.array(sel, np.intp)
+        count, units, has = c.count[ix], [c.units[i] for i in sel], c.has_sat[ix]
+        sat = np.where(has, c.sat[ix], 0).astype(np.int64)
+        ints = np.stack([c.zeros[ix], c.nan[ix], c.posinf[ix], c.neginf[ix], sat], axis=1)
+        m = np.stack([c.mean[ix], c.m2[ix], c.lo[ix], c.hi[ix]], axis=1)
+        hist, fmt = c.hist[ix], c.fmt[ix]
+        dead = [math.nan if u is None or not len(u) else (len(u) - np.count_nonzero(u)) / len(u) for u in units]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            satfrac = np.where(has & (count > 0), sat / np.where(count > 0, count, 1), math.nan)
+        cols = np.stack([m[:, 0], m[:, 1], m[:, 2], m[:, 3], ints[:, 0], (ints[:, 1] + ints[:, 2] + ints[:, 3]),
+                         dead, satfrac], axis=1).astype(np.float64)
+        values = _table_of(count.astype(np.float64), cols, fmt)
+        hists = {k: hist[j] for j, k in enumerate(hkeys) if k[1] in ("forward", "backward")}
+        self._merged.add_arrays(hkeys, count, m, ints, has, hist, fmt, units)
+        self._keep(_Step(self._step, hkeys, values, int(np.count_nonzero(values == values)), hists, count))
+        return True
 
     def _host(self, tap: Tap) -> list:
         """This step's statistics on the host (one transfer); in a process group, merged over ranks."""
@@ -220,9 +267,13 @@ class Recorder:
         hists = {k: s.hist for k, s in per.items() if k[1] in ("forward", "backward")}
         self._merged.add(per)
         counts = np.array([s.count for s in per.values()], np.int64)
-        self._steps.append(_Step(self._step, keys, values, int(np.count_nonzero(values == values)), hists, counts))
-        self._emit(self._steps[-1])
-        self._n_rows += self._steps[-1].rows
+        self._keep(_Step(self._step, keys, values, int(np.count_nonzero(values == values)), hists, counts))
+
+    def _keep(self, step: _Step) -> None:
+        """Append a recorded step, feed the sinks, and thin the history when it outgrows max_rows."""
+        self._steps.append(step)
+        self._emit(step)
+        self._n_rows += step.rows
         while self._n_rows > self.max_rows and len(self._steps) > 1:
             self._steps = self._steps[:-1][::2] + self._steps[-1:]
             self._n_rows = sum(st.rows for st in self._steps)
@@ -342,12 +393,16 @@ RecordedStep = _Step
 def _table(stats: list[Stats]) -> np.ndarray:
     """The values of :data:`STATS` for many Stats at once: [len(stats), len(STATS)], NaN where
     undefined, computed as the Stats properties compute them."""
-    n = len(stats)
-    if not n:
+    if not stats:
         return np.empty((0, len(STATS)))
     count = np.array([s.count for s in stats], np.float64)
-    cols = np.array([_row(s.__dict__) for s in stats], np.float64).reshape(n, 8)
-    fmt = np.array([s.formats for s in stats], np.float64).reshape(n, -1, 3)
+    cols = np.array([_row(s.__dict__) for s in stats], np.float64).reshape(len(stats), 8)
+    return _table_of(count, cols, np.array([s.formats for s in stats], np.float64))
+
+
+def _table_of(count: np.ndarray, cols: np.ndarray, formats: np.ndarray) -> np.ndarray:
+    """:func:`_table` from the counts, the :func:`_row` columns [n, 8] and the format counts."""
+    fmt = np.asarray(formats, np.float64).reshape(len(count), -1, 3)
     with np.errstate(divide="ignore", invalid="ignore"):
         frac = lambda v: np.where(count > 0, v / np.where(count > 0, count, 1), np.nan)  # noqa: E731
         var = frac(cols[:, 1])
@@ -365,6 +420,13 @@ def _row(d: dict) -> tuple:
     dead = math.nan if units is None or not len(units) else (len(units) - np.count_nonzero(units)) / len(units)
     return (d["mean"], d["m2"], d["min"], d["max"], d["zeros"], float(d["nan"] + d["posinf"] + d["neginf"]), dead,
             math.nan if sat is None or not n else sat / n)
+
+
+def _decode_fields(c, sel: list[int]) -> list[tuple]:
+    """Stats fields (field order) of the rows ``sel`` of a :class:`initscope._decode.Columns`."""
+    return [(int(c.count[i]), float(c.mean[i]), float(c.m2[i]), float(c.lo[i]), float(c.hi[i]), int(c.zeros[i]),
+             int(c.nan[i]), int(c.posinf[i]), int(c.neginf[i]), c.hist[i], c.fmt[i], c.units[i],
+             int(c.sat[i]) if c.has_sat[i] else None) for i in sel]
 
 
 def _grad_hook(acc: StatsAccumulator, name: str, grad: torch.Tensor) -> None:
