@@ -37,7 +37,6 @@ later thins out), and are closed when the context exits. :meth:`Recorder.save`,
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -48,11 +47,12 @@ from torch import nn
 from initscope import distributed
 from initscope import _validate as check
 from initscope._merged import MergedStats
+from initscope._steptable import STATS, _table, decode_fields, step_arrays
 from initscope.diagnose import Finding, diagnose_run
 from initscope.errors import ArgumentError
 from initscope.probe import (LayerRecord, ModuleSelection, OutputRecord, ParamRecord, Tap, Trace, measured_params,
                              select_modules)
-from initscope.stats import FORMATS, Stats, StatsAccumulator
+from initscope.stats import Stats, StatsAccumulator
 
 if TYPE_CHECKING:
     import os
@@ -70,22 +70,6 @@ class Row(NamedTuple):
     phase: str
     stat: str
     value: float
-
-
-def _fp(fmt: str, kind: str):
-    return lambda s: getattr(s, kind)[fmt]
-
-
-#: The statistics written to the history for each (step, layer, phase), as functions of a
-#: Stats (the definition; :func:`_table` computes the same values for many at once). NaN ones
-#: are left out.
-STATS = {
-    "mean": lambda s: s.mean, "std": lambda s: s.std, "min": lambda s: s.min, "max": lambda s: s.max,
-    "zero_frac": lambda s: s.zero_frac, "nonfinite": lambda s: float(s.nonfinite),
-    "dead_frac": lambda s: s.dead_frac, "saturation_frac": lambda s: s.saturation_frac,
-    "fp16_underflow": _fp("fp16", "underflow_frac"), "bf16_underflow": _fp("bf16", "underflow_frac"),
-    "fp16_overflow": _fp("fp16", "overflow_frac"), "bf16_overflow": _fp("bf16", "overflow_frac"),
-}
 
 
 class Recorder:
@@ -228,25 +212,14 @@ class Recorder:
                 sel.append(i)
                 hkeys.append(k)
         if len(set(hkeys)) != len(hkeys):  # several tensors under one key: merged as Stats
-            fields = _decode_fields(c, sel)
+            fields = decode_fields(c, sel)
             per: dict[tuple[str, str], Stats] = {}
             for k, f in zip(hkeys, fields):
                 s = Stats._of(f)
                 per[k] = per[k].merge(s) if k in per else s
             self._store(per)
             return True
-        ix = np.array(sel, np.intp)
-        count, units, has = c.count[ix], [c.units[i] for i in sel], c.has_sat[ix]
-        sat = np.where(has, c.sat[ix], 0).astype(np.int64)
-        ints = np.stack([c.zeros[ix], c.nan[ix], c.posinf[ix], c.neginf[ix], sat], axis=1)
-        m = np.stack([c.mean[ix], c.m2[ix], c.lo[ix], c.hi[ix]], axis=1)
-        hist, fmt = c.hist[ix], c.fmt[ix]
-        dead = [math.nan if u is None or not len(u) else (len(u) - np.count_nonzero(u)) / len(u) for u in units]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            satfrac = np.where(has & (count > 0), sat / np.where(count > 0, count, 1), math.nan)
-        cols = np.stack([m[:, 0], m[:, 1], m[:, 2], m[:, 3], ints[:, 0], (ints[:, 1] + ints[:, 2] + ints[:, 3]),
-                         dead, satfrac], axis=1).astype(np.float64)
-        values = _table_of(count.astype(np.float64), cols, fmt)
+        count, m, ints, has, hist, fmt, units, values = step_arrays(c, sel)
         hists = {k: hist[j] for j, k in enumerate(hkeys) if k[1] in ("forward", "backward")}
         self._merged.add_arrays(hkeys, count, m, ints, has, hist, fmt, units)
         self._keep(_Step(self._step, hkeys, values, int(np.count_nonzero(values == values)), hists, count))
@@ -388,45 +361,6 @@ class _Step(NamedTuple):
 
 
 RecordedStep = _Step
-
-
-def _table(stats: list[Stats]) -> np.ndarray:
-    """The values of :data:`STATS` for many Stats at once: [len(stats), len(STATS)], NaN where
-    undefined, computed as the Stats properties compute them."""
-    if not stats:
-        return np.empty((0, len(STATS)))
-    count = np.array([s.count for s in stats], np.float64)
-    cols = np.array([_row(s.__dict__) for s in stats], np.float64).reshape(len(stats), 8)
-    return _table_of(count, cols, np.array([s.formats for s in stats], np.float64))
-
-
-def _table_of(count: np.ndarray, cols: np.ndarray, formats: np.ndarray) -> np.ndarray:
-    """:func:`_table` from the counts, the :func:`_row` columns [n, 8] and the format counts."""
-    fmt = np.asarray(formats, np.float64).reshape(len(count), -1, 3)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        frac = lambda v: np.where(count > 0, v / np.where(count > 0, count, 1), np.nan)  # noqa: E731
-        var = frac(cols[:, 1])
-        std = np.where(var >= 0, np.sqrt(np.where(var >= 0, var, 0)), np.nan)
-        fp16, bf16 = FORMATS.index("fp16"), FORMATS.index("bf16")
-        return np.stack([cols[:, 0], std, cols[:, 2], cols[:, 3], frac(cols[:, 4]), cols[:, 5], cols[:, 6],
-                         cols[:, 7], frac(fmt[:, fp16, 0]), frac(fmt[:, bf16, 0]), frac(fmt[:, fp16, 2]),
-                         frac(fmt[:, bf16, 2])], axis=1)
-
-
-def _row(d: dict) -> tuple:
-    """(mean, m2, min, max, zeros, nonfinite, dead_frac, saturation_frac) of a Stats' fields, as its
-    properties give them (read from its __dict__: the properties cost ~1 us each, ~150 a step)."""
-    units, sat, n = d["unit_nonzero"], d["saturated"], d["count"]
-    dead = math.nan if units is None or not len(units) else (len(units) - np.count_nonzero(units)) / len(units)
-    return (d["mean"], d["m2"], d["min"], d["max"], d["zeros"], float(d["nan"] + d["posinf"] + d["neginf"]), dead,
-            math.nan if sat is None or not n else sat / n)
-
-
-def _decode_fields(c, sel: list[int]) -> list[tuple]:
-    """Stats fields (field order) of the rows ``sel`` of a :class:`initscope._decode.Columns`."""
-    return [(int(c.count[i]), float(c.mean[i]), float(c.m2[i]), float(c.lo[i]), float(c.hi[i]), int(c.zeros[i]),
-             int(c.nan[i]), int(c.posinf[i]), int(c.neginf[i]), c.hist[i], c.fmt[i], c.units[i],
-             int(c.sat[i]) if c.has_sat[i] else None) for i in sel]
 
 
 def _grad_hook(acc: StatsAccumulator, name: str, grad: torch.Tensor) -> None:
