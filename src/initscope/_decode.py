@@ -14,7 +14,7 @@ import torch
 
 from initscope._measure import _CODES, _FMT, FORMATS, _Pending
 
-__all__ = ["transfer", "decode"]
+__all__ = ["transfer", "decode", "columns", "Columns"]
 
 
 def _transfer(group: list[_Pending], one_copy: bool | None = None) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
@@ -100,8 +100,29 @@ def _classes(counts: list[np.ndarray] | np.ndarray, group: list[_Pending], zeros
     return _Classes(octaves, huge, tiny, over, special[:, 0], special[:, 1], special[:, 2])
 
 
-def _decode(scal: np.ndarray, counts: list[np.ndarray], nonzero: list[np.ndarray], group: list[_Pending]) -> list[tuple]:
-    """The transferred numbers as Stats fields (in field order), all tensors of a group at once."""
+class Columns(NamedTuple):
+    """A group's Stats fields as arrays, one row per tensor (``sat`` NaN-free only where
+    ``has_sat``; ``units`` per tensor its nonzero counts, or None)."""
+
+    count: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    zeros: np.ndarray
+    nan: np.ndarray
+    posinf: np.ndarray
+    neginf: np.ndarray
+    hist: np.ndarray
+    fmt: np.ndarray
+    sat: np.ndarray
+    has_sat: np.ndarray
+    units: list
+
+
+def _columns(scal: np.ndarray, counts: list[np.ndarray] | np.ndarray, nonzero: list[np.ndarray],
+             group: list[_Pending]) -> Columns:
+    """The transferred numbers as Stats fields, all tensors of a group at once, as arrays."""
     total = np.array([p.count for p in group])
     widths = [len(nz) for nz in nonzero]
     if all(widths):  # one reduction for all tensors (each has at least one count)
@@ -120,13 +141,26 @@ def _decode(scal: np.ndarray, counts: list[np.ndarray], nonzero: list[np.ndarray
     below = subnormal[:, None] + cum
     flush = np.where(_FMT[:, 1] >= -126, below[:, sub], c.tiny[:, None])
     fmt = np.stack([below[:, norm], flush, c.over], axis=-1)
-    m2 = scal[:, 1] * total
+    has_sat = np.array([bool(p.sat) for p in group], bool)
+    return Columns(total, scal[:, 0], scal[:, 1] * total, scal[:, 2], scal[:, 3], zeros, c.nan, c.posinf, c.neginf,
+                   hist, fmt, np.round(scal[:, 4]), has_sat,
+                   [nonzero[i] if p.units is not None else None for i, p in enumerate(group)])
+
+
+def _decode(scal: np.ndarray, counts: list[np.ndarray], nonzero: list[np.ndarray], group: list[_Pending]) -> list[tuple]:
+    """The transferred numbers as Stats fields (in field order), all tensors of a group at once."""
+    return _fields(_columns(scal, counts, nonzero, group), group)
+
+
+def _fields(c: Columns, group: list[_Pending]) -> list[tuple]:
+    """Per tensor, its Stats fields in field order (Python numbers, as Stats holds them)."""
     # Python numbers through tolist(), in bulk: a numpy scalar's float() or int() costs ~0.1 us each
-    mean, lo, hi, sat = scal[:, 0].tolist(), scal[:, 2].tolist(), scal[:, 3].tolist(), scal[:, 4].tolist()
-    return [(p.count, mean[i], m2i, lo[i], hi[i], zi, nan, pinf, ninf, hist[i], fmt[i],
-             nonzero[i] if p.units is not None else None, int(round(sat[i])) if p.sat else None)
-            for i, (p, m2i, zi, nan, pinf, ninf) in enumerate(zip(group, m2.tolist(), zeros.tolist(), c.nan.tolist(),
-                                                                  c.posinf.tolist(), c.neginf.tolist()))]
+    mean, lo, hi, sat = c.mean.tolist(), c.lo.tolist(), c.hi.tolist(), c.sat.tolist()
+    return [(p.count, mean[i], m2i, lo[i], hi[i], zi, nan, pinf, ninf, c.hist[i], c.fmt[i], c.units[i],
+             int(sat[i]) if p.sat else None)
+            for i, (p, m2i, zi, nan, pinf, ninf) in enumerate(zip(group, c.m2.tolist(), c.zeros.tolist(),
+                                                                  c.nan.tolist(), c.posinf.tolist(),
+                                                                  c.neginf.tolist()))]
 
 
-transfer, decode = _transfer, _decode
+transfer, decode, columns = _transfer, _decode, _columns

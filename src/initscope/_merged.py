@@ -8,6 +8,7 @@ result has the same bits as a chain of merges.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Hashable
 
@@ -56,25 +57,33 @@ class MergedStats:
         if not per:
             return
         stats = list(per.values())
-        rows = [self._row(k, s) for k, s in per.items()]
-        idx, new = np.array([i for i, _ in rows]), np.array([n for _, n in rows])
-        c1, c2 = self.count[idx].astype(np.float64), np.array([s.count for s in stats], np.float64)
         m = np.array([(s.mean, s.m2, s.min, s.max) for s in stats], np.float64).reshape(-1, 4)
+        ints = np.array([(s.zeros, s.nan, s.posinf, s.neginf, s.saturated or 0) for s in stats], np.int64).reshape(-1, 5)
+        self.add_arrays(list(per), np.array([s.count for s in stats], np.int64), m, ints,
+                        np.array([s.saturated is not None for s in stats]), np.stack([s.hist for s in stats]),
+                        np.stack([s.formats for s in stats]), [s.unit_nonzero for s in stats])
+
+    def add_arrays(self, keys: list, count: np.ndarray, m: np.ndarray, ints: np.ndarray, has: np.ndarray,
+                   hist: np.ndarray, formats: np.ndarray, units: list) -> None:
+        """:meth:`add` for a step given as arrays, one row per key (distinct keys): counts; (mean, m2,
+        min, max); (zeros, nan, posinf, neginf, saturated or 0); whether saturation is counted;
+        histograms; format counts; per-unit nonzero counts or None."""
+        rows = [self._row(k, u) for k, u in zip(keys, units)]
+        idx, new = np.array([i for i, _ in rows]), np.array([n for _, n in rows])
+        c1, c2 = self.count[idx].astype(np.float64), count.astype(np.float64)
         self._moments(idx, new, c1, c2, m[:, 0], m[:, 1])
         lo, hi = self.lo[idx], self.hi[idx]
         nan = np.isnan(lo) | np.isnan(m[:, 2])
         self.lo[idx] = np.where(nan, math.nan, np.minimum(lo, m[:, 2]))
         nan = np.isnan(hi) | np.isnan(m[:, 3])
         self.hi[idx] = np.where(nan, math.nan, np.maximum(hi, m[:, 3]))
-        has = np.array([s.saturated is not None for s in stats])
-        self.ints[idx] += np.array([(s.zeros, s.nan, s.posinf, s.neginf, s.saturated or 0) for s in stats],
-                                   np.int64).reshape(-1, 5)
+        self.ints[idx] += ints
         # merge's shortcuts: with no data now, the data before; with none before, the step's own
         old = self.has_sat[idx]
         self.has_sat[idx] = np.where(new, has, np.where(c2 == 0, old, np.where(c1 == 0, has, old & has)))
-        self.count[idx] += c2.astype(np.int64)
-        self.hist[idx] += np.stack([s.hist for s in stats])
-        self.formats[idx] += np.stack([s.formats for s in stats])
+        self.count[idx] += count
+        self.hist[idx] += hist
+        self.formats[idx] += formats
 
     def _moments(self, idx: np.ndarray, new: np.ndarray, c1: np.ndarray, c2: np.ndarray, mean2: np.ndarray,
                  m2b: np.ndarray) -> None:
@@ -93,20 +102,21 @@ class MergedStats:
         self.moments[idx, 0] = np.where(take, mean2, np.where(keep, mean1, mean))
         self.moments[idx, 1] = np.where(take, m2b, np.where(keep, m2a, m2))
 
-    def _row(self, key: Hashable, s: Stats) -> tuple[int, bool]:
+    def _row(self, key: Hashable, units_now: np.ndarray | None) -> tuple[int, bool]:
         """The row of ``key`` and whether it is new; its units merged in place."""
         i = self.index.get(key)
         if i is None:
             i = self.index[key] = len(self.index)
             if i == len(self.count):
                 self._grow()
-            self.units.append(None if s.unit_nonzero is None else s.unit_nonzero.copy())
+            self.units.append(None if units_now is None else units_now.copy())
             return i, True
         units = self.units[i]
-        if (units is None) != (s.unit_nonzero is None) or (units is not None and len(units) != len(s.unit_nonzero)):
-            self.get(key).merge(s)  # raises the ShapeError that explains it
+        if (units is None) != (units_now is None) or (units is not None and len(units) != len(units_now)):
+            other = self.get(key)
+            other.merge(dataclasses.replace(other, unit_nonzero=units_now))  # raises the ShapeError that explains it
         if units is not None:
-            units += s.unit_nonzero
+            units += units_now
         return i, False
 
     def _grow(self) -> None:

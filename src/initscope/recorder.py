@@ -37,7 +37,6 @@ later thins out), and are closed when the context exits. :meth:`Recorder.save`,
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -48,11 +47,12 @@ from torch import nn
 from initscope import distributed
 from initscope import _validate as check
 from initscope._merged import MergedStats
+from initscope._steptable import STATS, _table, decode_fields, step_arrays
 from initscope.diagnose import Finding, diagnose_run
 from initscope.errors import ArgumentError
 from initscope.probe import (LayerRecord, ModuleSelection, OutputRecord, ParamRecord, Tap, Trace, measured_params,
                              select_modules)
-from initscope.stats import FORMATS, Stats, StatsAccumulator
+from initscope.stats import Stats, StatsAccumulator
 
 if TYPE_CHECKING:
     import os
@@ -70,22 +70,6 @@ class Row(NamedTuple):
     phase: str
     stat: str
     value: float
-
-
-def _fp(fmt: str, kind: str):
-    return lambda s: getattr(s, kind)[fmt]
-
-
-#: The statistics written to the history for each (step, layer, phase), as functions of a
-#: Stats (the definition; :func:`_table` computes the same values for many at once). NaN ones
-#: are left out.
-STATS = {
-    "mean": lambda s: s.mean, "std": lambda s: s.std, "min": lambda s: s.min, "max": lambda s: s.max,
-    "zero_frac": lambda s: s.zero_frac, "nonfinite": lambda s: float(s.nonfinite),
-    "dead_frac": lambda s: s.dead_frac, "saturation_frac": lambda s: s.saturation_frac,
-    "fp16_underflow": _fp("fp16", "underflow_frac"), "bf16_underflow": _fp("bf16", "underflow_frac"),
-    "fp16_overflow": _fp("fp16", "overflow_frac"), "bf16_overflow": _fp("bf16", "overflow_frac"),
-}
 
 
 class Recorder:
@@ -190,20 +174,56 @@ class Recorder:
         if self._tap is None or not self._tap.calls:  # armed, but no forward ran
             return
         tap = self._tap
+        if self._reducer is None and self._flush_columns(tap):
+            return
         with distributed.section(self._reducer):
             host = self._host(tap)
         per: dict[tuple[str, str], Stats] = {}
         for key, s in host:
-            if key[0] in ("value", "grad"):
-                k = (key[1], "param" if key[0] == "value" else "grad")
-            else:
-                call = tap.calls[key[0]]
-                self._layers.setdefault(call.name, (call.type, call.weight_layer))
-                if key[1] != next((j for j, o in enumerate(call.outputs) if not o.note), None):
-                    continue  # the history follows each layer's main output
-                k = (call.name, "forward" if key[2] == "fwd" else "backward")
-            per[k] = per[k].merge(s) if k in per else s
+            k = self._history_key(tap, key)
+            if k is not None:
+                per[k] = per[k].merge(s) if k in per else s
         self._store(per)
+
+    def _history_key(self, tap: Tap, key: tuple) -> tuple[str, str] | None:
+        """The (layer, phase) a measured tensor's key is stored under, or None (not in the history)."""
+        if key[0] in ("value", "grad"):
+            return key[1], "param" if key[0] == "value" else "grad"
+        call = tap.calls[key[0]]
+        self._layers.setdefault(call.name, (call.type, call.weight_layer))
+        if key[1] != next((j for j, o in enumerate(call.outputs) if not o.note), None):
+            return None  # the history follows each layer's main output
+        return call.name, "forward" if key[2] == "fwd" else "backward"
+
+    def _flush_columns(self, tap: Tap) -> bool:
+        """The step stored from the statistics as arrays, without a Stats per tensor; False (and
+        nothing done) unless every tensor went through the fused kernel, one per history key, and
+        no parameter is a DTensor (their gradients are added at the flush)."""
+        if any(distributed.is_dtensor(p) for _, p in self._params):
+            return False
+        got = tap.acc.to_columns()
+        if got is None:
+            return False
+        keys, c = got
+        sel, hkeys = [], []
+        for i, key in enumerate(keys):
+            k = self._history_key(tap, key)
+            if k is not None:
+                sel.append(i)
+                hkeys.append(k)
+        if len(set(hkeys)) != len(hkeys):  # several tensors under one key: merged as Stats
+            fields = decode_fields(c, sel)
+            per: dict[tuple[str, str], Stats] = {}
+            for k, f in zip(hkeys, fields):
+                s = Stats._of(f)
+                per[k] = per[k].merge(s) if k in per else s
+            self._store(per)
+            return True
+        count, m, ints, has, hist, fmt, units, values = step_arrays(c, sel)
+        hists = {k: hist[j] for j, k in enumerate(hkeys) if k[1] in ("forward", "backward")}
+        self._merged.add_arrays(hkeys, count, m, ints, has, hist, fmt, units)
+        self._keep(_Step(self._step, hkeys, values, int(np.count_nonzero(values == values)), hists, count))
+        return True
 
     def _host(self, tap: Tap) -> list:
         """This step's statistics on the host (one transfer); in a process group, merged over ranks."""
@@ -220,9 +240,13 @@ class Recorder:
         hists = {k: s.hist for k, s in per.items() if k[1] in ("forward", "backward")}
         self._merged.add(per)
         counts = np.array([s.count for s in per.values()], np.int64)
-        self._steps.append(_Step(self._step, keys, values, int(np.count_nonzero(values == values)), hists, counts))
-        self._emit(self._steps[-1])
-        self._n_rows += self._steps[-1].rows
+        self._keep(_Step(self._step, keys, values, int(np.count_nonzero(values == values)), hists, counts))
+
+    def _keep(self, step: _Step) -> None:
+        """Append a recorded step, feed the sinks, and thin the history when it outgrows max_rows."""
+        self._steps.append(step)
+        self._emit(step)
+        self._n_rows += step.rows
         while self._n_rows > self.max_rows and len(self._steps) > 1:
             self._steps = self._steps[:-1][::2] + self._steps[-1:]
             self._n_rows = sum(st.rows for st in self._steps)
@@ -344,34 +368,6 @@ class _Step(NamedTuple):
 
 
 RecordedStep = _Step
-
-
-def _table(stats: list[Stats]) -> np.ndarray:
-    """The values of :data:`STATS` for many Stats at once: [len(stats), len(STATS)], NaN where
-    undefined, computed as the Stats properties compute them."""
-    n = len(stats)
-    if not n:
-        return np.empty((0, len(STATS)))
-    count = np.array([s.count for s in stats], np.float64)
-    cols = np.array([_row(s.__dict__) for s in stats], np.float64).reshape(n, 8)
-    fmt = np.array([s.formats for s in stats], np.float64).reshape(n, -1, 3)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        frac = lambda v: np.where(count > 0, v / np.where(count > 0, count, 1), np.nan)  # noqa: E731
-        var = frac(cols[:, 1])
-        std = np.where(var >= 0, np.sqrt(np.where(var >= 0, var, 0)), np.nan)
-        fp16, bf16 = FORMATS.index("fp16"), FORMATS.index("bf16")
-        return np.stack([cols[:, 0], std, cols[:, 2], cols[:, 3], frac(cols[:, 4]), cols[:, 5], cols[:, 6],
-                         cols[:, 7], frac(fmt[:, fp16, 0]), frac(fmt[:, bf16, 0]), frac(fmt[:, fp16, 2]),
-                         frac(fmt[:, bf16, 2])], axis=1)
-
-
-def _row(d: dict) -> tuple:
-    """(mean, m2, min, max, zeros, nonfinite, dead_frac, saturation_frac) of a Stats' fields, as its
-    properties give them (read from its __dict__: the properties cost ~1 us each, ~150 a step)."""
-    units, sat, n = d["unit_nonzero"], d["saturated"], d["count"]
-    dead = math.nan if units is None or not len(units) else (len(units) - np.count_nonzero(units)) / len(units)
-    return (d["mean"], d["m2"], d["min"], d["max"], d["zeros"], float(d["nan"] + d["posinf"] + d["neginf"]), dead,
-            math.nan if sat is None or not n else sat / n)
 
 
 def _grad_hook(acc: StatsAccumulator, name: str, grad: torch.Tensor) -> None:

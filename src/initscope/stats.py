@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from initscope import _native
-from initscope._decode import decode, transfer
+from initscope._decode import Columns, columns, decode, transfer
 from initscope._measure import FORMATS, HIST_EXPONENTS, SATURATION_LEVEL, _measure, _Pending
 from initscope.errors import ShapeError
 
@@ -311,6 +311,18 @@ class StatsAccumulator:
         if self._slab is not None:
             self._slab.clear()
         return [(key, done[i]) for i, (key, _) in enumerate(items)]
+
+    def to_columns(self) -> tuple[list, Columns] | None:
+        """Like :meth:`to_host`, as arrays (keys, one row per key) without a Stats per tensor:
+        only when every tensor went through the fused kernel (else None, and nothing changes)."""
+        items = self._items
+        if not items or not all(isinstance(p, _Pending) and p.slot is not None for _, p in items):
+            return None
+        group = [p for _, p in items]
+        out = columns(*self._slab.read([p.slot for p in group]), group)
+        self._items, self._ext = [], _UNSET
+        self._slab.clear()
+        return [k for k, _ in items], out
 
 
 def tensor_stats(x: torch.Tensor, *, unit_dim: int | None = None,
