@@ -10,7 +10,8 @@ from torch import nn
 
 from initscope import zoo
 from initscope.errors import ArgumentError, ForwardError, LayerError, ModelError, ShapeError, UnknownOptionError
-from initscope.lsuv import _moments, _solve, _sums, lsuv
+from initscope._lsuv_solve import _moments, _solve, _sums
+from initscope.lsuv import lsuv
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
