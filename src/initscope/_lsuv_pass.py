@@ -128,11 +128,13 @@ def _corrected(module: nn.Module, args: tuple, y: torch.Tensor, ch: int, s: torc
     return out if shift is None else out.add_(shift)  # mul then add: 5x faster than addcmul's broadcast loop
 
 
-def _host_rows(slots: list[_Slot]) -> list[list[float]]:
-    """Per slot: std, mean, alive, applied, scale, shift, std before, mean before, in one transfer."""
+def _host_rows(slots: list[_Slot], after: bool = False) -> list[list[float]]:
+    """Per slot: std, mean, alive, applied, scale, shift, std before, mean before, in one transfer.
+    The first three from the pass's sums, or with ``after`` from the corrected outputs' (in flight)."""
     if not slots:
         return []
-    v, v0 = torch.stack([s.v for s in slots]), torch.stack([s.before[0] for s in slots])
+    v = torch.stack([s.after if after else s.v for s in slots])
+    v0 = torch.stack([s.before[0] for s in slots])
     n, n0 = v.new_tensor([s.n for s in slots]), v.new_tensor([s.before[1] for s in slots])
     mom, done = _moments(v, n), torch.stack([torch.stack([s.applied.double(), s.scale, s.shift]) for s in slots])
     cols = [*_std_mean(mom), _alive(v, n, _z_moments(mom)[0]).double(), *done.unbind(1),
@@ -146,17 +148,12 @@ def _verified(ran: list[_Slot], opts: dict) -> bool:
     flight, is within tol. The rows then report those measurements; else pass 2 runs as before."""
     if not ran or any(slot.calls != 1 or slot.after is None for slot in ran):
         return False
-    measured = [slot.v for slot in ran]
-    for slot in ran:
-        slot.v = slot.after
-    rows = _host_rows(ran)
-    if all(_within(slot, row, opts) for slot, row in zip(ran, rows)):
-        for slot, row in zip(ran, rows):
-            slot.row = row
-        return True
-    for slot, v in zip(ran, measured):
-        slot.v = v
-    return False
+    rows = _host_rows(ran, after=True)
+    if not all(_within(slot, row, opts) for slot, row in zip(ran, rows)):
+        return False
+    for slot, row in zip(ran, rows):
+        slot.row = row
+    return True
 
 
 def _within(slot: _Slot, row: list[float], opts: dict) -> bool:
