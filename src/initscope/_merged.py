@@ -32,6 +32,7 @@ class MergedStats:
         self.hist = np.zeros((rows, 258), np.int64)
         self.formats = np.zeros((rows, len(FORMATS), 3), np.int64)
         self.units: list[np.ndarray | None] = []
+        self._last: tuple | None = None  # (keys, unit widths, rows, their units as one array)
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self.index
@@ -68,8 +69,7 @@ class MergedStats:
         """:meth:`add` for a step given as arrays, one row per key (distinct keys): counts; (mean, m2,
         min, max); (zeros, nan, posinf, neginf, saturated or 0); whether saturation is counted;
         histograms; format counts; per-unit nonzero counts or None."""
-        rows = [self._row(k, u) for k, u in zip(keys, units)]
-        idx, new = np.array([i for i, _ in rows]), np.array([n for _, n in rows])
+        idx, new = self._rows(keys, units)
         c1, c2 = self.count[idx].astype(np.float64), count.astype(np.float64)
         self._moments(idx, new, c1, c2, m[:, 0], m[:, 1])
         lo, hi = self.lo[idx], self.hi[idx]
@@ -101,6 +101,30 @@ class MergedStats:
         take, keep = new | ((c1 == 0) & (c2 > 0)), ~new & (c2 == 0)
         self.moments[idx, 0] = np.where(take, mean2, np.where(keep, mean1, mean))
         self.moments[idx, 1] = np.where(take, m2b, np.where(keep, m2a, m2))
+
+    def _rows(self, keys: list, units: list) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of ``keys`` and which are new, their units merged. A step with the keys and
+        unit counts of the last one (the usual case) takes cached rows and one addition over
+        their units, which are then views of one array."""
+        widths = [-1 if u is None else len(u) for u in units]
+        last = self._last
+        if last is not None and last[0] == keys and last[1] == widths:
+            if last[3] is not None:
+                np.add(last[3], np.concatenate([u for u in units if u is not None]), out=last[3])
+            return last[2], np.zeros(len(keys), bool)
+        rows = [self._row(k, u) for k, u in zip(keys, units)]
+        idx, new = np.array([i for i, _ in rows], np.intp), np.array([n for _, n in rows])
+        have = [i for i, u in zip(idx.tolist(), units) if u is not None]
+        flat = None
+        if have and len(set(idx.tolist())) == len(keys):
+            flat = np.concatenate([self.units[i] for i in have])
+            at = 0
+            for i in have:
+                w = len(self.units[i])
+                self.units[i] = flat[at:at + w]
+                at += w
+        self._last = (list(keys), widths, idx, flat) if len(set(idx.tolist())) == len(keys) else None
+        return idx, new
 
     def _row(self, key: Hashable, units_now: np.ndarray | None) -> tuple[int, bool]:
         """The row of ``key`` and whether it is new; its units merged in place."""

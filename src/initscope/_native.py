@@ -134,9 +134,15 @@ class Slab:
     def read(self, slots: list[tuple[int, int, int]]):
         """(scalars [n, 5], counts [n, COUNTS], nonzero counts) of the (row, offset, width) slots,
         copied out of the slab (the nonzero counts are views of one copy)."""
-        rows = [r for r, _, _ in slots]
+        n = len(slots)
+        # every row reserved since the last clear, in order (the Recorder's case): slices, one copy each
+        rows = slice(0, n) if n == self.rows and slots[0][0] == 0 and slots[-1][0] == n - 1 \
+            else [r for r, _, _ in slots]
         nonzero = self.nonzero.numpy()[:self.used].copy()
-        return (self.scal.numpy()[rows], self.counts.numpy()[rows], [nonzero[o:o + w] for _, o, w in slots])
+        scal, counts = self.scal.numpy()[rows], self.counts.numpy()[rows]
+        if isinstance(rows, slice):
+            scal, counts = scal.copy(), counts.copy()
+        return scal, counts, [nonzero[o:o + w] for _, o, w in slots]
 
     def clear(self) -> None:
         self.rows = self.used = 0

@@ -79,9 +79,23 @@ def step_arrays(c: Columns, sel: list[int]) -> tuple:
     m = np.stack([c.mean[ix], c.m2[ix], c.lo[ix], c.hi[ix]], axis=1)
     hist, fmt = c.hist[ix], c.fmt[ix]
     # dead_frac and saturation_frac as _row computes them (int / int; exact ints in float64 divide alike)
-    dead = [math.nan if u is None or not len(u) else (len(u) - np.count_nonzero(u)) / len(u) for u in units]
+    dead = _dead_fractions(units)
     with np.errstate(divide="ignore", invalid="ignore"):
         satfrac = np.where(has & (count > 0), sat / np.where(count > 0, count, 1), math.nan)
     cols = np.stack([m[:, 0], m[:, 1], m[:, 2], m[:, 3], ints[:, 0], ints[:, 1] + ints[:, 2] + ints[:, 3],
                      dead, satfrac], axis=1).astype(np.float64)
     return count, m, ints, has, hist, fmt, units, _table_of(count.astype(np.float64), cols, fmt)
+
+
+def _dead_fractions(units: list[np.ndarray | None]) -> np.ndarray:
+    """Per entry, the fraction of units with no nonzero value (NaN without units), as
+    :func:`_row` computes it, for all entries at once (one reduction, not one per tensor)."""
+    dead = np.full(len(units), math.nan)
+    have = [i for i, u in enumerate(units) if u is not None and len(u)]
+    if have:
+        parts = [units[i] for i in have]
+        widths = np.array([len(u) for u in parts])
+        starts = np.concatenate([[0], np.cumsum(widths[:-1])])
+        zero = np.add.reduceat(np.concatenate(parts) == 0, starts).astype(np.int64)
+        dead[have] = zero / widths  # int / int, as _row divides
+    return dead

@@ -98,6 +98,7 @@ class _Call:
     index: int
     weight_layer: bool
     outputs: list[_Out] = dataclasses.field(default_factory=list)
+    main: int | None = None  # the first measured (floating) output: the one a history follows
 
 
 class Tap:
@@ -208,6 +209,8 @@ class Tap:
             if not t.is_floating_point():
                 out.note = f"{out.dtype} output not measured"
                 continue
+            if call.main is None:
+                call.main = j
             out.unit_dim = self._unit_dim(module, t)
             self.acc.add((ci, j, "fwd"), t, unit_dim=out.unit_dim, saturation=_band(module))
             if t.requires_grad:

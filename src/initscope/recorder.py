@@ -107,6 +107,9 @@ class Recorder:
         self._n_rows = 0
         self._merged = MergedStats()  # every recorded step, merged
         self._layers: dict[str, tuple[str, bool]] = {}
+        self._last_selection: tuple | None = None  # (signature, _selection's answer) of the last recorded step
+        self._dtensors: list | None = None  # the parameter list _any_dtensor was computed for
+        self._any_dtensor = False
         self._open = False
         self._reducer = distributed.Reducer("Recorder step") if distributed.active() else None
         self.sinks, self._sinks_open = list(sinks), False
@@ -191,7 +194,7 @@ class Recorder:
             return key[1], "param" if key[0] == "value" else "grad"
         call = tap.calls[key[0]]
         self._layers.setdefault(call.name, (call.type, call.weight_layer))
-        if key[1] != next((j for j, o in enumerate(call.outputs) if not o.note), None):
+        if key[1] != call.main:
             return None  # the history follows each layer's main output
         return call.name, "forward" if key[2] == "fwd" else "backward"
 
@@ -199,19 +202,16 @@ class Recorder:
         """The step stored from the statistics as arrays, without a Stats per tensor; False (and
         nothing done) unless every tensor went through the fused kernel, one per history key, and
         no parameter is a DTensor (their gradients are added at the flush)."""
-        if any(distributed.is_dtensor(p) for _, p in self._params):
+        if self._dtensors is not self._params:  # (re)computed when the parameter list changes
+            self._dtensors, self._any_dtensor = self._params, any(distributed.is_dtensor(p) for _, p in self._params)
+        if self._any_dtensor:
             return False
         got = tap.acc.to_columns()
         if got is None:
             return False
         keys, c = got
-        sel, hkeys = [], []
-        for i, key in enumerate(keys):
-            k = self._history_key(tap, key)
-            if k is not None:
-                sel.append(i)
-                hkeys.append(k)
-        if len(set(hkeys)) != len(hkeys):  # several tensors under one key: merged as Stats
+        sel, hkeys, repeated = self._selection(tap, keys)
+        if repeated:  # several tensors under one key: merged as Stats
             fields = decode_fields(c, sel)
             per: dict[tuple[str, str], Stats] = {}
             for k, f in zip(hkeys, fields):
@@ -224,6 +224,23 @@ class Recorder:
         self._merged.add_arrays(hkeys, count, m, ints, has, hist, fmt, units)
         self._keep(_Step(self._step, hkeys, values, int(np.count_nonzero(values == values)), hists, count))
         return True
+
+    def _selection(self, tap: Tap, keys: list) -> tuple[list[int], list[tuple[str, str]], bool]:
+        """Which of a step's measured tensors the history keeps, and under which keys: the rows
+        ``sel``, their (layer, phase), and whether a key repeats. A recorded step usually repeats
+        the last one's calls, so the answer is kept for the last signature (keys, and each call's
+        name and outputs)."""
+        sig = (tuple(keys), tuple((c.name, len(c.outputs), c.main) for c in tap.calls))
+        if self._last_selection is not None and self._last_selection[0] == sig:
+            return self._last_selection[1]
+        sel, hkeys = [], []
+        for i, key in enumerate(keys):
+            k = self._history_key(tap, key)
+            if k is not None:
+                sel.append(i)
+                hkeys.append(k)
+        self._last_selection = (sig, (sel, hkeys, len(set(hkeys)) != len(hkeys)))
+        return self._last_selection[1]
 
     def _host(self, tap: Tap) -> list:
         """This step's statistics on the host (one transfer); in a process group, merged over ranks."""

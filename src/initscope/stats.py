@@ -250,6 +250,7 @@ class StatsAccumulator:
         self._items: list[tuple[Hashable, _Pending | Stats]] = []
         self._slab: _native.Slab | None = None  # host buffers of the fused kernel, made on first use
         self._ext: object = _UNSET  # the kernel, looked up once per batch (env and load, on first use)
+        self._others = 0  # items queued not as a slab row of the fused kernel
 
     def __len__(self) -> int:
         return len(self._items)
@@ -258,6 +259,7 @@ class StatsAccumulator:
         """Drop everything queued; the host buffers are kept for reuse."""
         self._items = []
         self._ext = _UNSET
+        self._others = 0
         if self._slab is not None:
             self._slab.clear()
 
@@ -281,9 +283,12 @@ class StatsAccumulator:
             if self._ext is _UNSET:
                 self._ext = None if _native.disabled() else _native.load()
             if self._ext is not None:
-                self._items.append((key, _measure(x, unit_dim, saturation, self._slab, self._ext)))
+                p = _measure(x, unit_dim, saturation, self._slab, self._ext)
+                self._others += p.slot is None
+                self._items.append((key, p))
                 return
         x = x.detach()
+        self._others += 1  # no slab row: only the kernel's path above writes one
         if x.numel() == 0:
             units = None if unit_dim is None else x.shape[unit_dim]
             self._items.append((key, Stats.empty(units, saturation is not None)))
@@ -295,7 +300,7 @@ class StatsAccumulator:
     def to_host(self) -> list[tuple[Hashable, Stats]]:
         """Move everything to the host (one transfer per device), decode, and clear."""
         items, self._items = self._items, []
-        self._ext = _UNSET
+        self._ext, self._others = _UNSET, 0
         done = {i: s for i, (_, s) in enumerate(items) if isinstance(s, Stats)}
         fused = [i for i, (_, p) in enumerate(items) if isinstance(p, _Pending) and p.slot is not None]
         if fused:
@@ -316,11 +321,11 @@ class StatsAccumulator:
         """Like :meth:`to_host`, as arrays (keys, one row per key) without a Stats per tensor:
         only when every tensor went through the fused kernel (else None, and nothing changes)."""
         items = self._items
-        if not items or not all(isinstance(p, _Pending) and p.slot is not None for _, p in items):
+        if not items or self._others:
             return None
         group = [p for _, p in items]
         out = columns(*self._slab.read([p.slot for p in group]), group)
-        self._items, self._ext = [], _UNSET
+        self._items, self._ext, self._others = [], _UNSET, 0
         self._slab.clear()
         return [k for k, _ in items], out
 
