@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -79,6 +79,20 @@ def walk(obj: Any, path: str = "") -> Iterator[tuple[str, Any]]:
         for f in dataclasses.fields(obj):
             yield from walk(getattr(obj, f.name), f"{path}.{f.name}")
 
+
+
+class _Module(NamedTuple):
+    """What a forward hook needs of its module, found once when the hooks are registered."""
+
+    type: str
+    weight_layer: bool
+    band: tuple[float, float] | None
+    channels_first: bool
+
+
+@functools.lru_cache(maxsize=None)
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 @dataclasses.dataclass
@@ -145,7 +159,9 @@ class Tap:
     def __enter__(self) -> Tap:
         try:
             for name, module in self.watched:
-                self._handles.append(module.register_forward_hook(functools.partial(self._forward, name)))
+                info = _Module(type(module).__name__, _is_weight_layer(module), _band(module),
+                               isinstance(module, _CHANNELS_FIRST))
+                self._handles.append(module.register_forward_hook(functools.partial(self._forward, name, info)))
             if self.track:
                 for name, module in self.model.named_modules():
                     leaf = next(module.children(), None) is None
@@ -182,37 +198,40 @@ class Tap:
     def _root_exit(self, module: nn.Module, args: object, output: object) -> None:
         self.in_root = False
 
-    def _unit_dim(self, module: nn.Module, t: torch.Tensor) -> int | None:
+    def _unit_dim(self, info: _Module, shape: tuple[int, ...]) -> int | None:
         """Channels (dim 1) for conv-like layers and 4-D+ outputs, else features (dim -1);
         an elementwise layer keeps the unit dim of the previous output of the same shape."""
-        shape = tuple(t.shape)
-        if t.dim() < 2:
+        if len(shape) < 2:
             dim = None
-        elif isinstance(module, _CHANNELS_FIRST) or t.dim() >= 4:
+        elif info.channels_first or len(shape) >= 4:
             dim = 1
         else:
             dim = self._last[1] if self._last[0] == shape else -1
         self._last = (shape, dim)
         return dim
 
-    def _forward(self, name: str, module: nn.Module, args: object, output: object) -> None:
+    def _forward(self, name: str, info: _Module, module: nn.Module, args: object, output: object) -> None:
         if self.backward_started and not self.in_root and self.root_called:
             self._recompute(name, output)
             return
-        call = _Call(name, type(module).__name__, self._counts.get(name, 0), _is_weight_layer(module))
-        self._counts[name] = call.index + 1
+        index = self._counts.get(name, 0)
+        call = _Call(name, info.type, index, info.weight_layer)
+        self._counts[name] = index + 1
         ci = len(self.calls)
         self.calls.append(call)
-        for j, (path, t) in enumerate(walk(output)):
-            out = _Out(path, tuple(t.shape), str(t.dtype).replace("torch.", ""))
+        # one tensor (the usual output) without the walk's generator
+        found = (("", output),) if type(output) is torch.Tensor else walk(output)
+        for j, (path, t) in enumerate(found):
+            shape = tuple(t.shape)
+            out = _Out(path, shape, _dtype_name(t.dtype))
             call.outputs.append(out)
             if not t.is_floating_point():
                 out.note = f"{out.dtype} output not measured"
                 continue
             if call.main is None:
                 call.main = j
-            out.unit_dim = self._unit_dim(module, t)
-            self.acc.add((ci, j, "fwd"), t, unit_dim=out.unit_dim, saturation=_band(module))
+            out.unit_dim = self._unit_dim(info, shape)
+            self.acc.add((ci, j, "fwd"), t, unit_dim=out.unit_dim, saturation=info.band)
             if t.requires_grad:
                 self._hook_grad(t, (ci, j, "bwd"), out)
 
