@@ -191,3 +191,45 @@ def test_a_step_with_nothing_measurable_records_no_rows():
         net(torch.randn(3))
         rec.step()
     assert rec.history == [] and rec.step_count == 1
+
+
+def _param_rows(rec, step: int) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for r in rec.history:
+        if r.step == step and r.phase == "param":
+            out.setdefault(r.layer, {})[r.stat] = r.value
+    return out
+
+
+def _expected(p: torch.Tensor) -> dict[str, float]:
+    s = tensor_stats(p.detach().clone())
+    return {"mean": s.mean, "std": s.std, "min": s.min, "max": s.max}
+
+
+def test_parameter_values_are_those_the_step_began_with():
+    """Values are measured as each step begins, for parameters with and without a gradient
+    (frozen, or unused by the loss): a snapshot taken before each step's forward gives the same
+    bits. (Measuring them when the gradient arrives instead was tried and was slower: see
+    benchmarks/RESULTS.md.)"""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1), nn.Linear(1, 1))
+    net[3].requires_grad_(False)  # frozen: no gradient hook, measured when the step is stored
+    unused = nn.Linear(3, 3)  # requires grad but takes no part in the loss: no gradient arrives
+    model = nn.ModuleDict({"net": net, "unused": unused})
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(3)
+    snaps = []
+    with Recorder(model) as rec:
+        for _ in range(4):
+            snaps.append({n: _expected(p) for n, p in model.named_parameters()})
+            opt.zero_grad()
+            net(torch.randn(8, 4, generator=g)).pow(2).mean().backward()
+            opt.step()
+            rec.step()
+    for step, snap in enumerate(snaps):
+        got = _param_rows(rec, step)
+        assert set(got) == set(snap)
+        for name, want in snap.items():
+            assert {k: got[name][k] for k in want} == want, (step, name)
+    assert snaps[0]["net.0.weight"] != snaps[1]["net.0.weight"]  # the values did change between steps
+
