@@ -94,6 +94,10 @@ def sample(shape, kind, seed):
         vals = torch.tensor([e * f for e in edges for f in (1.0, 1.01, 0.99)], dtype=torch.float64)
         pick = torch.randint(0, 40, (n,), generator=g)
         x = torch.where(pick < len(vals), vals[pick.clamp_max(len(vals) - 1)] * torch.sign(x), x)
+    elif kind in ("high", "top"):  # near float32's top octaves, with zeros: the exponent windows' highest bases
+        lo, hi = (112.0, 121.0) if kind == "high" else (110.0, 127.9)
+        x = torch.sign(x) * torch.exp2(torch.empty(n, dtype=torch.float64).uniform_(lo, hi, generator=g))
+        x = torch.where(torch.rand(n, generator=g, dtype=torch.float64) < 0.3, torch.zeros_like(x), x)
     return x.float().reshape(shape)
 
 
@@ -106,7 +110,7 @@ SHAPES = [((1,), None), ((7,), None), ((5, 3), 1), ((3, 5), 0), ((64, 32, 8, 8),
 
 @native
 @pytest.mark.parametrize("shape,unit_dim", SHAPES)
-@pytest.mark.parametrize("kind", ["normal", "relu", "wide", "special", "offset", "shifted", "edges"])
+@pytest.mark.parametrize("kind", ["normal", "relu", "wide", "special", "offset", "shifted", "edges", "high", "top"])
 def test_native_equals_torch_path(shape, unit_dim, kind, monkeypatch):
     x = sample(shape, kind, seed=len(shape) * 31 + shape[0])
     ref, got = both(x, monkeypatch, unit_dim=unit_dim, saturation=(0.25, 1.5))
@@ -176,8 +180,8 @@ def test_every_vector_path_gives_the_same_bits():
     best = ext.set_isa(-1)
     levels = range(("generic", "avx2", "avx512").index(best) + 1)
     try:
-        for (shape, unit_dim), kind in zip(SHAPES * 7, ["normal", "relu", "wide", "special", "offset", "shifted",
-                                                         "edges"] * len(SHAPES)):
+        kinds = ["normal", "relu", "wide", "special", "offset", "shifted", "edges", "high", "top"]
+        for (shape, unit_dim), kind in zip(SHAPES * len(kinds), kinds * len(SHAPES)):
             x = sample(shape, kind, seed=17).contiguous()
             units = inner = 0
             if unit_dim is not None and x.dim() >= 2:

@@ -42,6 +42,7 @@
 #define INITSCOPE_X86 1
 #define INITSCOPE_AVX2 __attribute__((target("avx2,fma,popcnt")))
 #define INITSCOPE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,popcnt")))
+#define INITSCOPE_GFNI __attribute__((target("avx512f,avx512bw,avx512vbmi,avx512bitalg,gfni,popcnt")))
 #else
 #define INITSCOPE_X86 0
 #endif
@@ -75,6 +76,19 @@ int best_isa() {
 }
 
 const int kBestIsa = best_isa();
+
+// Whether the AVX-512 path may count exponents with a bit transpose (GFNI, byte popcounts, byte
+// permutes): Zen 4 and Ice Lake onwards.
+bool has_gfni() {
+#if INITSCOPE_X86
+  return kBestIsa == kAvx512 && __builtin_cpu_supports("gfni") && __builtin_cpu_supports("avx512vbmi") &&
+         __builtin_cpu_supports("avx512bitalg");
+#else
+  return false;
+#endif
+}
+
+const bool kHasGfni = has_gfni();
 int g_isa = kBestIsa;  // changed only by set_isa (tests)
 
 typedef uint32_t __attribute__((may_alias)) bits_t;
@@ -431,9 +445,70 @@ const CountFn kCountAvx2[9] = {nullptr, count_avx2<1>, count_avx2<2>, count_avx2
                                count_avx2<5>, count_avx2<6>, count_avx2<7>, count_avx2<8>};
 #endif
 
+#if INITSCOPE_X86
+// The octaves lo..hi (at most kSpan) of e[0, n) in one pass, in windows of 8 octaves: a byte
+// becomes one bit of its window's byte (a table lookup; other octaves and zeros give no bit), an
+// 8 x 8 bit transpose of each group of 8 such bytes (gf2p8affine with the identity's columns)
+// gives one byte per octave holding a bit per value, and its popcount is that octave's count
+// among the 8. Byte counters take at most 8 a step and are added up every 16 steps (at most 128,
+// no wrap): a byte permute puts each octave's 8 counters in one qword, psadbw sums them.
+static_assert(kSpan <= 24, "three windows of 8 octaves");
+INITSCOPE_GFNI inline void flush_counters(int windows, __m512i gather, __m512i* acc, __m512i* total) {
+  for (int w = 0; w < windows; ++w) {
+    const __m512i sums = _mm512_sad_epu8(_mm512_permutexvar_epi8(gather, acc[w]), _mm512_setzero_si512());
+    total[w] = _mm512_add_epi64(total[w], sums);
+    acc[w] = _mm512_setzero_si512();
+  }
+}
+
+INITSCOPE_GFNI int64_t count_gfni(const uint8_t* e, int64_t n, int lo, int hi, uint32_t* h) {
+  const int windows = (hi - lo) / 8 + 1;
+  const __m512i bit = _mm512_broadcast_i32x4(_mm_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 0, 0, 0, 0, 0, 0, 0, 0));
+  const __m512i eight = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
+  const __m512i columns = _mm512_set1_epi64(0x8040201008040201LL);  // byte k: 1 << k
+  alignas(64) uint8_t idx[64];
+  for (int k = 0; k < 8; ++k)
+    for (int j = 0; j < 8; ++j) idx[8 * k + j] = uint8_t(8 * j + k);  // counter k of qword j to qword k
+  const __m512i gather = _mm512_load_si512(idx);
+  __m512i base[3], acc[3], total[3];
+  for (int w = 0; w < 3; ++w)
+    base[w] = _mm512_set1_epi8(char(lo + 8 * w)), acc[w] = total[w] = zero;
+  int64_t k = 0;
+  int steps = 0;
+  for (; k + 64 <= n; k += 64) {
+    const __m512i v = _mm512_loadu_si512(e + k);
+    for (int w = 0; w < windows; ++w) {
+      // offset in the window; below it (zeros included, the base being at most 248) wraps to 8 or
+      // more, and min() sends that and anything above the window to 8: no bit
+      const __m512i d = _mm512_min_epu8(_mm512_sub_epi8(v, base[w]), eight);
+      const __m512i t = _mm512_gf2p8affine_epi64_epi8(columns, _mm512_shuffle_epi8(bit, d), 0);
+      acc[w] = _mm512_add_epi8(acc[w], _mm512_popcnt_epi8(t));
+    }
+    if (++steps == 16) flush_counters(windows, gather, acc, total), steps = 0;
+  }
+  flush_counters(windows, gather, acc, total);
+  int64_t counted = 0;
+  for (int w = 0; w < windows; ++w) {
+    alignas(64) uint64_t c[8];
+    _mm512_store_si512(c, total[w]);
+    for (int j = 0; j < 8 && lo + 8 * w + j <= hi; ++j) {
+      h[lo + 8 * w + j] += uint32_t(c[j]);
+      counted += int64_t(c[j]);
+    }
+  }
+  for (; k < n; ++k)
+    if (e[k] >= lo && e[k] <= hi) ++h[e[k]], ++counted;
+  return counted;
+}
+#endif
+
 // The octaves lo..hi of a block's exponent bytes, counted in passes of at most 8 (what the 16
-// AVX2 registers hold); returns the values counted.
+// AVX2 registers hold), or in one pass where the CPU has GFNI; returns the values counted.
 int64_t count_octaves(const uint8_t* e, int64_t n, int lo, int hi, uint32_t* h) {
+#if INITSCOPE_X86
+  // a window's base above 248 would let zeros (0 - base wraps to below 8) into it: the old path
+  if (g_isa == kAvx512 && kHasGfni && lo + 8 * ((hi - lo) / 8) <= 248) return count_gfni(e, n, lo, hi, h);
+#endif
   int64_t counted = 0;
   for (int b = lo; b <= hi; b += 8) {
     const int P = std::min(8, hi - b + 1);
