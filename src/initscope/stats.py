@@ -45,7 +45,7 @@ import torch
 
 from initscope import _native
 from initscope._decode import Columns, columns, decode, transfer
-from initscope._measure import FORMATS, HIST_EXPONENTS, SATURATION_LEVEL, _measure, _Pending
+from initscope._measure import _EDGE_BITS, FORMATS, HIST_EXPONENTS, SATURATION_LEVEL, _measure, _Pending
 from initscope.errors import ShapeError
 
 __all__ = ["FORMATS", "HIST_EXPONENTS", "SATURATION_LEVEL", "Stats", "StatsAccumulator", "tensor_stats"]
@@ -273,6 +273,8 @@ class StatsAccumulator:
             unit_dim: dimension that indexes units (channels, features); None for no units.
             saturation: (centre, half_width) of a bounded activation's range, or None.
         """
+        if x.dtype is torch.float32 and x.is_cpu and x.is_contiguous() and self._fused(key, x, unit_dim, saturation):
+            return
         if not x.is_floating_point():
             raise TypeError(f"statistics need a floating tensor, got {x.dtype}")
         if x.dim() < 2:
@@ -296,6 +298,32 @@ class StatsAccumulator:
         if self._slab is None and x.is_cpu:
             self._slab = _native.Slab()
         self._items.append((key, _measure(x, unit_dim, saturation, self._slab)))
+
+    def _fused(self, key: Hashable, x: torch.Tensor, unit_dim: int | None, saturation: tuple[float, float] | None) -> bool:
+        """:meth:`add` for a contiguous float32 CPU tensor, in the fewest steps (a hook's few
+        microseconds, ~150 hooks a step): the kernel writes one slab row. False if it is off."""
+        ext = self._ext
+        if ext is _UNSET:
+            ext = self._ext = None if _native.disabled() else _native.load()
+        n = x.numel()
+        if ext is None or not n:
+            return False
+        if self._slab is None:
+            self._slab = _native.Slab()
+        shape = x.shape
+        units = inner = 0
+        if unit_dim is not None and len(shape) >= 2:
+            d = unit_dim % len(shape)
+            units, inner = shape[d], math.prod(shape[d + 1:])
+        centre, half = saturation if saturation is not None else (0.0, 0.0)
+        slab, width = self._slab, max(units, 1)
+        row, offset = slab.reserve(width)
+        ext.fused_stats(x, units, inner, saturation is not None, centre, SATURATION_LEVEL * half, _EDGE_BITS, True,
+                        slab.scal, slab.counts, slab.nonzero, row, offset)
+        pending = _Pending(None, n, units if unit_dim is not None and len(shape) >= 2 else None,
+                           saturation is not None, True, slot=(row, offset, width))
+        self._items.append((key, pending))
+        return True
 
     def to_host(self) -> list[tuple[Hashable, Stats]]:
         """Move everything to the host (one transfer per device), decode, and clear."""
