@@ -142,7 +142,23 @@ struct Scan {
   double s = 0.0, q = 0.0;  // sum of x and of x^2
   float lo = std::numeric_limits<float>::infinity(), hi = -std::numeric_limits<float>::infinity();
   int64_t nonzero = 0, sat = 0;
+  // the exponent bytes' range, where the vector scans keep it: the smallest nonzero byte minus 1
+  // (zeros wrap to 255) and the largest byte
+  bool erange = false;
+  uint8_t elo1 = 255, ehi = 0;
 };
+
+#if INITSCOPE_X86
+// Byte 0 of the minimum and of the maximum over 16 bytes, folded in registers.
+INITSCOPE_AVX2 inline void fold_range(__m128i mn, __m128i mx, Scan& r) {
+  mn = _mm_min_epu8(mn, _mm_srli_si128(mn, 8)), mx = _mm_max_epu8(mx, _mm_srli_si128(mx, 8));
+  mn = _mm_min_epu8(mn, _mm_srli_si128(mn, 4)), mx = _mm_max_epu8(mx, _mm_srli_si128(mx, 4));
+  mn = _mm_min_epu8(mn, _mm_srli_si128(mn, 2)), mx = _mm_max_epu8(mx, _mm_srli_si128(mx, 2));
+  mn = _mm_min_epu8(mn, _mm_srli_si128(mn, 1)), mx = _mm_max_epu8(mx, _mm_srli_si128(mx, 1));
+  r.erange = true;
+  r.elo1 = uint8_t(_mm_cvtsi128_si32(mn)), r.ehi = uint8_t(_mm_cvtsi128_si32(mx));
+}
+#endif
 
 // Where the unit of a block's first value lies: for kRows the position in the row, for kRuns
 // the unit and the values left in its run.
@@ -203,6 +219,9 @@ inline void scan_finish(const float* q, int64_t whole, int64_t nb, float centre,
     nonzero += v != 0.0f;
     if (kBand) sat += std::fabs(v - centre) > threshold;
     e[whole + j] = uint8_t((u[whole + j] << 1) >> 24);
+    const uint8_t m = uint8_t(e[whole + j] - 1);
+    r.elo1 = m < r.elo1 ? m : r.elo1;
+    r.ehi = e[whole + j] > r.ehi ? e[whole + j] : r.ehi;
   }
   for (int j = 0; j < kLanes; ++j) {
     r.s += s[j];
@@ -262,6 +281,8 @@ INITSCOPE_AVX2 void scan_avx2(const float* q, int64_t nb, float centre, float th
                                           -1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1);
   const __m256i halves = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
   int64_t nonzero = 0, sat = 0;
+  __m128i emn = _mm_set1_epi8(-1), emx = _mm_setzero_si128();
+  const __m128i eone = _mm_set1_epi8(1);
   const int64_t whole = nb - nb % kLanes;
   for (int64_t k = 0; k < whole; k += kLanes) {
     const __m256 a = _mm256_loadu_ps(q + k), b = _mm256_loadu_ps(q + k + 8);
@@ -294,8 +315,11 @@ INITSCOPE_AVX2 void scan_avx2(const float* q, int64_t nb, float centre, float th
     const __m256i ea = _mm256_shuffle_epi8(_mm256_srli_epi32(_mm256_castps_si256(a), 23), pick_a);
     const __m256i eb = _mm256_shuffle_epi8(_mm256_srli_epi32(_mm256_castps_si256(b), 23), pick_b);
     const __m256i ex = _mm256_permutevar8x32_epi32(_mm256_or_si256(ea, eb), halves);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(e + k), _mm256_castsi256_si128(ex));
+    const __m128i e16 = _mm256_castsi256_si128(ex);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(e + k), e16);
+    emn = _mm_min_epu8(emn, _mm_sub_epi8(e16, eone)), emx = _mm_max_epu8(emx, e16);
   }
+  fold_range(emn, emx, r);
   alignas(32) double sl[kLanes], sql[kLanes];
   alignas(32) float lol[kLanes], hil[kLanes];
   for (int j = 0; j < 4; ++j) _mm256_store_pd(sl + 4 * j, s[j]), _mm256_store_pd(sql + 4 * j, sq[j]);
@@ -317,6 +341,8 @@ INITSCOPE_AVX512 void scan_avx512(const float* q, int64_t nb, float centre, floa
   const __m512 zero = _mm512_setzero_ps();
   const __m512i one = _mm512_set1_epi32(1);
   int64_t nonzero = 0, sat = 0;
+  __m128i emn = _mm_set1_epi8(-1), emx = _mm_setzero_si128();
+  const __m128i eone = _mm_set1_epi8(1);
   const int64_t whole = nb - nb % kLanes;
   for (int64_t k = 0; k < whole; k += kLanes) {
     const __m512 a = _mm512_loadu_ps(q + k);
@@ -344,8 +370,11 @@ INITSCOPE_AVX512 void scan_avx512(const float* q, int64_t nb, float centre, floa
       if (!(left -= kLanes)) left = inner, u = u + 1 == units ? 0 : u + 1;
     }
     // bits >> 23 holds the sign above the exponent byte; the narrowing drops it
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(e + k), _mm512_cvtepi32_epi8(_mm512_srli_epi32(_mm512_castps_si512(a), 23)));
+    const __m128i e16 = _mm512_cvtepi32_epi8(_mm512_srli_epi32(_mm512_castps_si512(a), 23));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(e + k), e16);
+    emn = _mm_min_epu8(emn, _mm_sub_epi8(e16, eone)), emx = _mm_max_epu8(emx, e16);
   }
+  fold_range(emn, emx, r);
   alignas(64) double sl[kLanes], sql[kLanes];
   alignas(64) float lol[kLanes], hil[kLanes];
   _mm512_store_pd(sl, s0), _mm512_store_pd(sl + 8, s1), _mm512_store_pd(sql, q0), _mm512_store_pd(sql + 8, q1);
@@ -538,10 +567,15 @@ void exponent_range(const uint8_t* e, int64_t nb, int& lo, int& hi) {
 // The exponent histogram of one block from its exponent bytes, and the sub-octave counts the
 // formats need. nonzero: the block's nonzero values; absmax: its largest |x| (NaN if it holds a NaN).
 void exponents(const float* q, const uint8_t* e, int64_t nb, int64_t nonzero, float absmax, bool finite,
-               const Edges& edges, Part& part) {
+               const Edges& edges, const Scan& r, Part& part) {
   const bits_t* u = reinterpret_cast<const bits_t*>(q);
   int lo, hi;
-  exponent_range(e, nb, lo, hi);
+  if (r.erange) {
+    lo = r.elo1 == 255 ? 256 : r.elo1 + 1;
+    hi = r.ehi;
+  } else {
+    exponent_range(e, nb, lo, hi);
+  }
   uint32_t* h = part.hist.data();
   int64_t e0;  // values with exponent 0: zeros and subnormals
   if (finite && (hi < lo || hi - lo < kSpan)) {  // hi < lo: only zeros and subnormals
@@ -624,7 +658,7 @@ void block(const float* p, int64_t b0, int64_t b1, const Units& un, bool band, f
       chan(part, nb, mean, std::max(0.0, m2));
     }
   }
-  exponents(q, e, nb, r.nonzero, absmax, finite, edges, part);
+  exponents(q, e, nb, r.nonzero, absmax, finite, edges, r, part);
 }
 
 }  // namespace
