@@ -1,5 +1,5 @@
 """Where a recorded training step's extra time goes (issue 16): the statistics kernel
-(``stats._measure``, timed by a wrapper), the rest of the hooks, and the flush in
+(the fused kernel's calls, or ``stats._measure`` on the torch-ops path, timed by a wrapper), the rest of the hooks, and the flush in
 ``Recorder.step()``; plus minor page faults. One Recorder(every=1) is kept for the run; plain
 steps disarm its hooks; the two kinds of step alternate; medians.
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from initscope import _native
 from initscope import stats as S
 from initscope.recorder import Recorder
 
@@ -26,12 +27,14 @@ _clock = {"s": 0.0, "calls": 0}
 _measure = S._measure
 
 
-def _timed_measure(*args, **kwargs):
-    _clock["calls"] += 1
-    t = time.perf_counter()
-    out = _measure(*args, **kwargs)
-    _clock["s"] += time.perf_counter() - t
-    return out
+def _timed(fn):
+    def timed(*args, **kwargs):
+        _clock["calls"] += 1
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        _clock["s"] += time.perf_counter() - t
+        return out
+    return timed
 
 
 def _one(model, opt, x, y, rec) -> tuple[float, float, float, int, int]:
@@ -80,7 +83,11 @@ def main() -> None:
     reps = int(sys.argv[1]) if len(sys.argv) > 1 else 7
     if len(sys.argv) > 2:
         torch.set_num_threads(int(sys.argv[2]))
-    S._measure = _timed_measure
+    ext = None if _native.disabled() else _native.load()
+    if ext is not None:  # every call of the fused kernel, whichever path makes it
+        ext.fused_stats = _timed(ext.fused_stats)
+    else:  # the torch-ops path
+        S._measure = _timed(_measure)
     for name in sys.argv[3].split(",") if len(sys.argv) > 3 else ("cnn", "mlp", "transformer"):
         print(bench(name, reps), flush=True)
 
