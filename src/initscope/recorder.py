@@ -156,7 +156,8 @@ class Recorder:
         acc = self._tap.acc
         for name, p in self._params:
             if p.requires_grad and not distributed.is_dtensor(p):  # FSDP2 sets a DTensor's grad outside autograd
-                self._param_hooks.append(p.register_hook(functools.partial(_grad_hook, acc, name)))
+                # the accumulator's add itself, the key bound: no frame of ours between (it returns None)
+                self._param_hooks.append(p.register_hook(functools.partial(acc.add, ("grad", name))))
         self._measure_values()
 
     def _measure_values(self) -> None:
@@ -386,6 +387,3 @@ class _Step(NamedTuple):
 
 RecordedStep = _Step
 
-
-def _grad_hook(acc: StatsAccumulator, name: str, grad: torch.Tensor) -> None:
-    acc.add(("grad", name), grad)
