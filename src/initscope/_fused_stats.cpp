@@ -27,6 +27,10 @@
 // times, for AVX-512, AVX2 + FMA and plain C++, picked at load time (the cached build runs on any
 // x86-64); all three give the same bits (an FMA of x * x + s rounds as the multiply and the add
 // do, since x * x is exact), and set_isa() lets the tests check that.
+//
+// A call allocates nothing: each part's counters (4 x 256 histogram bins, the per-unit counts)
+// are kept by the calling thread between calls, and the merge reads and zeroes only the bins
+// the blocks wrote (an octave-counted block writes bin 0 and its lo..hi).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -76,6 +80,7 @@ int best_isa() {
 
 const int kBestIsa = best_isa();
 int g_isa = kBestIsa;  // changed only by set_isa (tests)
+int64_t g_max_parts = 0;  // 0: no cap; changed only by set_max_parts (tests, benchmarks)
 
 typedef uint32_t __attribute__((may_alias)) bits_t;
 
@@ -89,8 +94,17 @@ struct Part {
   int64_t nan = 0, sat = 0, nonzero = 0;
   int64_t tiny = 0, posinf = 0, neginf = 0;
   int64_t over[kFormats] = {};
-  std::vector<uint32_t> hist;   // kSub sub-histograms of kExp
+};
+
+// A part's accumulators and counters, kept by the calling thread from one call to the next (a
+// call allocates nothing). hist is all zero between calls: a call zeroes the bins it wrote (bin
+// 0 and [lo, hi], all four sub-histograms where a block took the scatter) once it has read them.
+struct Counters {
+  Part acc;
+  std::vector<uint32_t> hist = std::vector<uint32_t>(kSub * kExp, 0);  // kSub sub-histograms of kExp
   std::vector<uint32_t> units;  // nonzero values per unit (a part holds at most kMaxPart values)
+  int lo = kExp, hi = -1;       // the bins of sub-histogram 0 written, besides bin 0
+  bool scattered = false;       // whether sub-histograms 1..kSub-1 may hold counts
 };
 
 // The overflow edges of the formats, as bit patterns of |x| (finite values at or above count).
@@ -463,16 +477,18 @@ void exponent_range(const uint8_t* e, int64_t nb, int& lo, int& hi) {
 // The exponent histogram of one block from its exponent bytes, and the sub-octave counts the
 // formats need. nonzero: the block's nonzero values; absmax: its largest |x| (NaN if it holds a NaN).
 void exponents(const float* q, const uint8_t* e, int64_t nb, int64_t nonzero, float absmax, bool finite,
-               const Edges& edges, Part& part) {
+               const Edges& edges, Part& part, Counters& cn) {
   const bits_t* u = reinterpret_cast<const bits_t*>(q);
   int lo, hi;
   exponent_range(e, nb, lo, hi);
-  uint32_t* h = part.hist.data();
+  uint32_t* h = cn.hist.data();
   int64_t e0;  // values with exponent 0: zeros and subnormals
   if (finite && (hi < lo || hi - lo < kSpan)) {  // hi < lo: only zeros and subnormals
+    if (hi >= lo) cn.lo = std::min(cn.lo, lo), cn.hi = std::max(cn.hi, hi);
     e0 = nb - (hi < lo ? 0 : count_octaves(e, nb, lo, hi, h));
     h[0] += uint32_t(e0);
   } else {
+    cn.scattered = true;
     int64_t k = 0;
     for (; k + kSub <= nb; k += kSub)
       for (int64_t j = 0; j < kSub; ++j) ++h[j * kExp + e[k + j]];
@@ -508,7 +524,7 @@ void exponents(const float* q, const uint8_t* e, int64_t nb, int64_t nonzero, fl
 }
 
 void block(const float* p, int64_t b0, int64_t b1, const Units& un, bool band, float centre, float threshold,
-           const Edges& edges, Part& part) {
+           const Edges& edges, Part& part, Counters& cn) {
   const float* q = p + b0;
   const int64_t nb = b1 - b0;
   uint8_t e[kBlock];
@@ -549,7 +565,21 @@ void block(const float* p, int64_t b0, int64_t b1, const Units& un, bool band, f
       chan(part, nb, mean, std::max(0.0, m2));
     }
   }
-  exponents(q, e, nb, r.nonzero, absmax, finite, edges, part);
+  exponents(q, e, nb, r.nonzero, absmax, finite, edges, part, cn);
+}
+
+// Adds a part's histogram and unit counts to the outputs and zeroes the bins it read.
+void merge_counts(Counters& cn, int64_t units, int64_t* h, int64_t* nzc) {
+  uint32_t* const hist = cn.hist.data();
+  if (cn.scattered) {
+    for (int64_t j = 0; j < kSub; ++j)
+      for (int64_t b = 0; b < kExp; ++b) h[b] += hist[j * kExp + b], hist[j * kExp + b] = 0;
+  } else {
+    h[0] += hist[0], hist[0] = 0;
+    for (int b = std::max(cn.lo, 1); b <= cn.hi; ++b) h[b] += hist[b], hist[b] = 0;
+  }
+  cn.lo = kExp, cn.hi = -1, cn.scattered = false;
+  for (int64_t u = 0; u < units; ++u) nzc[u] += cn.units[u];
 }
 
 }  // namespace
@@ -592,25 +622,32 @@ void fused_stats(const at::Tensor& x, int64_t units, int64_t inner, bool band, d
   const int64_t n = x.numel();
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks / 8));
+  if (g_max_parts > 0) parts = std::min(parts, g_max_parts);
   parts = std::max(parts, (n + kMaxPart - 1) / kMaxPart);
   const UnitMode mode = !units                          ? kNoUnits
                         : inner == 1 && units % kLanes == 0 ? kRows
                         : inner % kLanes == 0           ? kRuns
                                                         : kSeparate;
-  std::vector<Part> out(parts);
-  for (Part& part : out) {  // allocated here, not in the pool's threads (and their malloc arenas)
-    part.hist.assign(kSub * kExp, 0);
-    if (units) part.units.assign(units, 0);
+  // The counters live in the calling thread (not in the pool's threads and their malloc arenas).
+  thread_local std::vector<Counters> mine;
+  if (int64_t(mine.size()) < parts) mine.resize(parts);
+  Counters* const scratch = mine.data();  // the pool's threads write here (in them, `mine` is theirs)
+  for (int64_t i = 0; i < parts; ++i) {
+    std::vector<uint32_t>& u = scratch[i].units;
+    if (int64_t(u.size()) < units) u.resize(units);
+    std::fill(u.begin(), u.begin() + units, 0);
+    scratch[i].acc = Part();
   }
   const float c = float(centre), t = float(threshold);  // torch compares in float32 too
   at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      Part& part = out[i];
+      Counters& cn = scratch[i];
+      Part& part = cn.acc;
       Units un;
-      un.count = units, un.inner = inner, un.cnt = part.units.data(), un.mode = mode;
+      un.count = units, un.inner = inner, un.cnt = cn.units.data(), un.mode = mode;
       const int64_t first = blocks * i / parts, last = blocks * (i + 1) / parts;
       for (int64_t b = first; b < last; ++b)
-        block(p, b * kBlock, std::min(n, (b + 1) * kBlock), un, band, c, t, edges, part);
+        block(p, b * kBlock, std::min(n, (b + 1) * kBlock), un, band, c, t, edges, part, cn);
     }
   });
   Part all;
@@ -618,7 +655,8 @@ void fused_stats(const at::Tensor& x, int64_t units, int64_t inner, bool band, d
   int64_t* nzc = nonzero_out.data_ptr<int64_t>() + offset;
   std::fill(h, h + kCounts, 0);
   std::fill(nzc, nzc + std::max<int64_t>(units, 1), 0);
-  for (const Part& part : out) {
+  for (int64_t i = 0; i < parts; ++i) {
+    const Part& part = scratch[i].acc;
     if (all.finite && part.finite) {
       chan(all, part.n, part.mean, part.m2);
     } else {
@@ -634,9 +672,7 @@ void fused_stats(const at::Tensor& x, int64_t units, int64_t inner, bool band, d
     all.posinf += part.posinf;
     all.neginf += part.neginf;
     for (int f = 0; f < kFormats; ++f) all.over[f] += part.over[f];
-    for (int64_t j = 0; j < kSub; ++j)
-      for (int64_t b = 0; b < kExp; ++b) h[b] += part.hist[j * kExp + b];
-    for (int64_t u = 0; u < units; ++u) nzc[u] += part.units[u];
+    merge_counts(scratch[i], units, h, nzc);
   }
   h[kExp] = all.tiny;
   for (int f = 0; f < kFormats; ++f) h[kExp + 1 + f] = all.over[f];
@@ -671,7 +707,14 @@ std::string set_isa(int64_t level) {
   return kIsaNames[g_isa];
 }
 
+// The most parts (threads) a call uses; n > 0 sets that cap, 0 removes it, n < 0 only reads it.
+int64_t set_max_parts(int64_t n) {
+  if (n >= 0) g_max_parts = n;
+  return g_max_parts;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fused_stats", &fused_stats, "initscope: one-pass tensor statistics (float32, CPU), into buffers");
+  m.def("set_max_parts", &set_max_parts, "initscope: cap on the parts (threads) of a call; 0 none (tests)");
   m.def("set_isa", &set_isa, "initscope: the vector code path in use; level >= 0 picks one (tests)");
 }
