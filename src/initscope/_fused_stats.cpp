@@ -417,15 +417,18 @@ int64_t count_generic(const uint8_t* e, int64_t n, int b, int P, uint32_t* h) {
 
 #if INITSCOPE_X86
 // A comparison gives -1 per equal byte, so subtracting it counts; a lane of byte counters sees
-// at most kBlock / 32 values, so it cannot wrap; psadbw adds the 32 byte counters up.
+// at most kBlock / 32 values, so it cannot wrap; psadbw adds the 32 byte counters up. ahead
+// (or null): the next block's values, asked into L1 two lines a step (128 lines over a block's
+// exponent bytes), so that memory works while this loop computes.
 template <int P>
-INITSCOPE_AVX2 int64_t count_avx2(const uint8_t* e, int64_t n, int b, uint32_t* h) {
+INITSCOPE_AVX2 int64_t count_avx2(const uint8_t* e, int64_t n, int b, uint32_t* h, const char* ahead) {
   static_assert(kBlock / 32 <= 255, "byte counters of one block must not wrap");
   __m256i acc[P], want[P];
   for (int j = 0; j < P; ++j) acc[j] = _mm256_setzero_si256(), want[j] = _mm256_set1_epi8(char(b + j));
   int64_t k = 0;
   for (; k + 32 <= n; k += 32) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e + k));
+    if (ahead) _mm_prefetch(ahead + 4 * k, _MM_HINT_T0), _mm_prefetch(ahead + 4 * k + 64, _MM_HINT_T0);
     for (int j = 0; j < P; ++j) acc[j] = _mm256_sub_epi8(acc[j], _mm256_cmpeq_epi8(v, want[j]));
   }
   int64_t counted = 0;
@@ -440,20 +443,22 @@ INITSCOPE_AVX2 int64_t count_avx2(const uint8_t* e, int64_t n, int b, uint32_t* 
   return counted;
 }
 
-typedef int64_t (*CountFn)(const uint8_t*, int64_t, int, uint32_t*);
+typedef int64_t (*CountFn)(const uint8_t*, int64_t, int, uint32_t*, const char*);
 const CountFn kCountAvx2[9] = {nullptr, count_avx2<1>, count_avx2<2>, count_avx2<3>, count_avx2<4>,
                                count_avx2<5>, count_avx2<6>, count_avx2<7>, count_avx2<8>};
 #endif
 
 // The octaves lo..hi of a block's exponent bytes, counted in passes of at most 8 (what the 16
-// AVX2 registers hold); returns the values counted.
-int64_t count_octaves(const uint8_t* e, int64_t n, int lo, int hi, uint32_t* h) {
+// AVX2 registers hold); returns the values counted. The first pass over a whole block prefetches
+// the kBlock values at next (the next block of the part, when it is a whole block; or null).
+int64_t count_octaves(const uint8_t* e, int64_t n, int lo, int hi, uint32_t* h, const float* next) {
   int64_t counted = 0;
   for (int b = lo; b <= hi; b += 8) {
     const int P = std::min(8, hi - b + 1);
 #if INITSCOPE_X86
     if (g_isa != kGeneric) {
-      counted += kCountAvx2[P](e, n, b, h);
+      const bool first = b == lo && n == kBlock;
+      counted += kCountAvx2[P](e, n, b, h, first ? reinterpret_cast<const char*>(next) : nullptr);
       continue;
     }
 #endif
@@ -477,7 +482,7 @@ void exponent_range(const uint8_t* e, int64_t nb, int& lo, int& hi) {
 // The exponent histogram of one block from its exponent bytes, and the sub-octave counts the
 // formats need. nonzero: the block's nonzero values; absmax: its largest |x| (NaN if it holds a NaN).
 void exponents(const float* q, const uint8_t* e, int64_t nb, int64_t nonzero, float absmax, bool finite,
-               const Edges& edges, Part& part, Counters& cn) {
+               const Edges& edges, Part& part, Counters& cn, const float* next) {
   const bits_t* u = reinterpret_cast<const bits_t*>(q);
   int lo, hi;
   exponent_range(e, nb, lo, hi);
@@ -485,7 +490,7 @@ void exponents(const float* q, const uint8_t* e, int64_t nb, int64_t nonzero, fl
   int64_t e0;  // values with exponent 0: zeros and subnormals
   if (finite && (hi < lo || hi - lo < kSpan)) {  // hi < lo: only zeros and subnormals
     if (hi >= lo) cn.lo = std::min(cn.lo, lo), cn.hi = std::max(cn.hi, hi);
-    e0 = nb - (hi < lo ? 0 : count_octaves(e, nb, lo, hi, h));
+    e0 = nb - (hi < lo ? 0 : count_octaves(e, nb, lo, hi, h, next));
     h[0] += uint32_t(e0);
   } else {
     cn.scattered = true;
@@ -523,8 +528,9 @@ void exponents(const float* q, const uint8_t* e, int64_t nb, int64_t nonzero, fl
   }
 }
 
+// Values b0..b1 of p into part; next: the part's next block where it is a whole one (prefetched), or null.
 void block(const float* p, int64_t b0, int64_t b1, const Units& un, bool band, float centre, float threshold,
-           const Edges& edges, Part& part, Counters& cn) {
+           const Edges& edges, Part& part, Counters& cn, const float* next) {
   const float* q = p + b0;
   const int64_t nb = b1 - b0;
   uint8_t e[kBlock];
@@ -565,7 +571,7 @@ void block(const float* p, int64_t b0, int64_t b1, const Units& un, bool band, f
       chan(part, nb, mean, std::max(0.0, m2));
     }
   }
-  exponents(q, e, nb, r.nonzero, absmax, finite, edges, part, cn);
+  exponents(q, e, nb, r.nonzero, absmax, finite, edges, part, cn, next);
 }
 
 // Adds a part's histogram and unit counts to the outputs and zeroes the bins it read.
@@ -646,8 +652,10 @@ void fused_stats(const at::Tensor& x, int64_t units, int64_t inner, bool band, d
       Units un;
       un.count = units, un.inner = inner, un.cnt = cn.units.data(), un.mode = mode;
       const int64_t first = blocks * i / parts, last = blocks * (i + 1) / parts;
-      for (int64_t b = first; b < last; ++b)
-        block(p, b * kBlock, std::min(n, (b + 1) * kBlock), un, band, c, t, edges, part, cn);
+      for (int64_t b = first; b < last; ++b) {
+        const float* next = b + 1 < last && (b + 2) * kBlock <= n ? p + (b + 1) * kBlock : nullptr;
+        block(p, b * kBlock, std::min(n, (b + 1) * kBlock), un, band, c, t, edges, part, cn, next);
+      }
     }
   });
   Part all;
