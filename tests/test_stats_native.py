@@ -235,7 +235,7 @@ def _row(ext, x, unit_dim):
     if unit_dim is not None:
         d = unit_dim % x.dim()
         units, inner = x.shape[d], math.prod(x.shape[d + 1:])
-    slab = _native.Slab()
+    slab = _native.Slab(values=max(units, 1 << 14))
     ext.fused_stats(x, units, inner, True, 0.25, 1.4, _measure._EDGE_BITS, False,
                     slab.scal, slab.counts, slab.nonzero, 0, 0)
     return slab.scal[0].numpy().tobytes(), slab.counts[0].tolist(), slab.nonzero[:max(units, 1)].tolist()
@@ -247,7 +247,8 @@ def test_a_call_does_not_depend_on_the_calls_before_it():
     the same rows in any order, across layouts, the scatter path (wide, special) and part counts."""
     ext = _native.load()
     cases = [(sample(shape, kind, seed=23), unit_dim) for shape, unit_dim in
-             [((64, 32, 8, 8), 1), ((300, 257), -1), ((2, 70000), 0), ((4099,), None), ((3, 6, 16, 50), 1)]
+             [((64, 32, 8, 8), 1), ((300, 257), -1), ((2, 70000), 0), ((4099,), None), ((3, 6, 16, 50), 1),
+              ((2, 70000), -1)]  # more units than the kernel keeps buffers for
              for kind in ("wide", "normal", "special", "relu")]
     before = torch.get_num_threads()
     try:
