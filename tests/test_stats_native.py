@@ -233,6 +233,55 @@ def test_threads_do_not_change_the_result(threads):
     assert_float64_moments(many, x)
 
 
+def _row(ext, x, unit_dim):
+    """The kernel's raw output for x: (scalars as bytes, counts, nonzero counts)."""
+    units = inner = 0
+    if unit_dim is not None:
+        d = unit_dim % x.dim()
+        units, inner = x.shape[d], math.prod(x.shape[d + 1:])
+    slab = _native.Slab(values=max(units, 1 << 14))
+    ext.fused_stats(x, units, inner, True, 0.25, 1.4, _measure._EDGE_BITS, False,
+                    slab.scal, slab.counts, slab.nonzero, 0, 0)
+    return slab.scal[0].numpy().tobytes(), slab.counts[0].tolist(), slab.nonzero[:max(units, 1)].tolist()
+
+
+@native
+def test_a_call_does_not_depend_on_the_calls_before_it():
+    """The per-part counters are kept from one call to the next (zeroed where a call wrote):
+    the same rows in any order, across layouts, the scatter path (wide, special) and part counts."""
+    ext = _native.load()
+    cases = [(sample(shape, kind, seed=23), unit_dim) for shape, unit_dim in
+             [((64, 32, 8, 8), 1), ((300, 257), -1), ((2, 70000), 0), ((4099,), None), ((3, 6, 16, 50), 1),
+              ((2, 70000), -1)]  # more units than the kernel keeps buffers for
+             for kind in ("wide", "normal", "special", "relu")]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        forward = [_row(ext, x, d) for x, d in cases]
+        backward = [_row(ext, x, d) for x, d in reversed(cases)][::-1]
+    finally:
+        torch.set_num_threads(before)
+    assert forward == backward
+
+
+@native
+def test_capping_the_parts_at_one_gives_the_one_thread_result():
+    ext = _native.load()
+    x = sample((64, 32, 32, 16), "special", seed=29)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _row(ext, x, 1)
+        torch.set_num_threads(2)
+        assert ext.set_max_parts(1) == 1
+        capped = _row(ext, x, 1)
+    finally:
+        ext.set_max_parts(0)
+        torch.set_num_threads(before)
+    assert ext.set_max_parts(-1) == 0
+    assert capped == one
+
+
 @native
 def test_merging_native_parts_equals_the_whole():
     x = sample((96, 24, 9), "normal", seed=5)

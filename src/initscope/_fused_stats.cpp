@@ -27,6 +27,11 @@
 // times, for AVX-512, AVX2 + FMA and plain C++, picked at load time (the cached build runs on any
 // x86-64); all three give the same bits (an FMA of x * x + s rounds as the multiply and the add
 // do, since x * x is exact), and set_isa() lets the tests check that.
+//
+// A call allocates nothing: each part's counters (4 x 256 histogram bins, the per-unit counts
+// up to kKeepUnits units) are kept by the calling thread between calls, and the merge reads and zeroes only the bins
+// the blocks wrote (an octave-counted block writes bin 0 and its lo..hi). While a block's
+// exponent bytes are counted (in cache, ~40% of the time), the part's next block is prefetched.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -56,6 +61,7 @@ constexpr int64_t kSub = 4;
 constexpr int64_t kSpan = 24;   // widest octave range counted by vector compares
 constexpr int kFormats = 4;
 constexpr int64_t kMaxPart = int64_t(1) << 30;  // uint32 counters stay exact
+constexpr int64_t kKeepUnits = int64_t(1) << 16; // per-unit counters kept between calls up to this many units
 constexpr uint32_t kInfBits = 0x7f800000u;
 constexpr uint32_t kTinyBits = 1u << 20;        // |x| < 2^-129: exponent 0, three leading mantissa bits 0
 constexpr double kCancel = 16.0;                // sum x^2 above kCancel * M2: sum again from a shift
@@ -90,6 +96,7 @@ bool has_gfni() {
 
 const bool kHasGfni = has_gfni();
 int g_isa = kBestIsa;  // changed only by set_isa (tests)
+int64_t g_max_parts = 0;  // 0: no cap; changed only by set_max_parts (tests, benchmarks)
 
 typedef uint32_t __attribute__((may_alias)) bits_t;
 
@@ -103,8 +110,17 @@ struct Part {
   int64_t nan = 0, sat = 0, nonzero = 0;
   int64_t tiny = 0, posinf = 0, neginf = 0;
   int64_t over[kFormats] = {};
-  std::vector<uint32_t> hist;   // kSub sub-histograms of kExp
+};
+
+// A part's accumulators and counters, kept by the calling thread from one call to the next (a
+// call allocates nothing). hist is all zero between calls: a call zeroes the bins it wrote (bin
+// 0 and [lo, hi], all four sub-histograms where a block took the scatter) once it has read them.
+struct Counters {
+  Part acc;
+  std::vector<uint32_t> hist = std::vector<uint32_t>(kSub * kExp, 0);  // kSub sub-histograms of kExp
   std::vector<uint32_t> units;  // nonzero values per unit (a part holds at most kMaxPart values)
+  int lo = kExp, hi = -1;       // the bins of sub-histogram 0 written, besides bin 0
+  bool scattered = false;       // whether sub-histograms 1..kSub-1 may hold counts
 };
 
 // The overflow edges of the formats, as bit patterns of |x| (finite values at or above count).
@@ -446,15 +462,18 @@ int64_t count_generic(const uint8_t* e, int64_t n, int b, int P, uint32_t* h) {
 
 #if INITSCOPE_X86
 // A comparison gives -1 per equal byte, so subtracting it counts; a lane of byte counters sees
-// at most kBlock / 32 values, so it cannot wrap; psadbw adds the 32 byte counters up.
+// at most kBlock / 32 values, so it cannot wrap; psadbw adds the 32 byte counters up. ahead
+// (or null): the next block's values, asked into L1 two lines a step (128 lines over a block's
+// exponent bytes), so that memory works while this loop computes.
 template <int P>
-INITSCOPE_AVX2 int64_t count_avx2(const uint8_t* e, int64_t n, int b, uint32_t* h) {
+INITSCOPE_AVX2 int64_t count_avx2(const uint8_t* e, int64_t n, int b, uint32_t* h, const char* ahead) {
   static_assert(kBlock / 32 <= 255, "byte counters of one block must not wrap");
   __m256i acc[P], want[P];
   for (int j = 0; j < P; ++j) acc[j] = _mm256_setzero_si256(), want[j] = _mm256_set1_epi8(char(b + j));
   int64_t k = 0;
   for (; k + 32 <= n; k += 32) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e + k));
+    if (ahead) _mm_prefetch(ahead + 4 * k, _MM_HINT_T0), _mm_prefetch(ahead + 4 * k + 64, _MM_HINT_T0);
     for (int j = 0; j < P; ++j) acc[j] = _mm256_sub_epi8(acc[j], _mm256_cmpeq_epi8(v, want[j]));
   }
   int64_t counted = 0;
@@ -469,7 +488,7 @@ INITSCOPE_AVX2 int64_t count_avx2(const uint8_t* e, int64_t n, int b, uint32_t* 
   return counted;
 }
 
-typedef int64_t (*CountFn)(const uint8_t*, int64_t, int, uint32_t*);
+typedef int64_t (*CountFn)(const uint8_t*, int64_t, int, uint32_t*, const char*);
 const CountFn kCountAvx2[9] = {nullptr, count_avx2<1>, count_avx2<2>, count_avx2<3>, count_avx2<4>,
                                count_avx2<5>, count_avx2<6>, count_avx2<7>, count_avx2<8>};
 #endif
@@ -490,7 +509,7 @@ INITSCOPE_GFNI inline void flush_counters(int windows, __m512i gather, __m512i* 
   }
 }
 
-INITSCOPE_GFNI int64_t count_gfni(const uint8_t* e, int64_t n, int lo, int hi, uint32_t* h) {
+INITSCOPE_GFNI int64_t count_gfni(const uint8_t* e, int64_t n, int lo, int hi, uint32_t* h, const char* ahead) {
   const int windows = (hi - lo) / 8 + 1;
   const __m512i bit = _mm512_broadcast_i32x4(_mm_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 0, 0, 0, 0, 0, 0, 0, 0));
   const __m512i eight = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
@@ -506,6 +525,8 @@ INITSCOPE_GFNI int64_t count_gfni(const uint8_t* e, int64_t n, int lo, int hi, u
   int steps = 0;
   for (; k + 64 <= n; k += 64) {
     const __m512i v = _mm512_loadu_si512(e + k);
+    if (ahead)  // the next block's 64 values of these 64 exponent bytes: four lines
+      for (int l = 0; l < 4; ++l) _mm_prefetch(ahead + 4 * k + 64 * l, _MM_HINT_T0);
     for (int w = 0; w < windows; ++w) {
       // offset in the window; below it (zeros included, the base being at most 248) wraps to 8 or
       // more, and min() sends that and anything above the window to 8: no bit
@@ -532,18 +553,22 @@ INITSCOPE_GFNI int64_t count_gfni(const uint8_t* e, int64_t n, int lo, int hi, u
 #endif
 
 // The octaves lo..hi of a block's exponent bytes, counted in passes of at most 8 (what the 16
-// AVX2 registers hold), or in one pass where the CPU has GFNI; returns the values counted.
-int64_t count_octaves(const uint8_t* e, int64_t n, int lo, int hi, uint32_t* h) {
+// AVX2 registers hold), or in one pass where the CPU has GFNI; returns the values counted. The
+// first pass over a whole block prefetches the kBlock values at next (the next block of the
+// part, when it is a whole block; or null).
+int64_t count_octaves(const uint8_t* e, int64_t n, int lo, int hi, uint32_t* h, const float* next) {
 #if INITSCOPE_X86
   // a window's base above 248 would let zeros (0 - base wraps to below 8) into it: the old path
-  if (g_isa == kAvx512 && kHasGfni && lo + 8 * ((hi - lo) / 8) <= 248) return count_gfni(e, n, lo, hi, h);
+  if (g_isa == kAvx512 && kHasGfni && lo + 8 * ((hi - lo) / 8) <= 248)
+    return count_gfni(e, n, lo, hi, h, n == kBlock ? reinterpret_cast<const char*>(next) : nullptr);
 #endif
   int64_t counted = 0;
   for (int b = lo; b <= hi; b += 8) {
     const int P = std::min(8, hi - b + 1);
 #if INITSCOPE_X86
     if (g_isa != kGeneric) {
-      counted += kCountAvx2[P](e, n, b, h);
+      const bool first = b == lo && n == kBlock;
+      counted += kCountAvx2[P](e, n, b, h, first ? reinterpret_cast<const char*>(next) : nullptr);
       continue;
     }
 #endif
@@ -567,7 +592,7 @@ void exponent_range(const uint8_t* e, int64_t nb, int& lo, int& hi) {
 // The exponent histogram of one block from its exponent bytes, and the sub-octave counts the
 // formats need. nonzero: the block's nonzero values; absmax: its largest |x| (NaN if it holds a NaN).
 void exponents(const float* q, const uint8_t* e, int64_t nb, int64_t nonzero, float absmax, bool finite,
-               const Edges& edges, const Scan& r, Part& part) {
+               const Edges& edges, const Scan& r, Part& part, Counters& cn, const float* next) {
   const bits_t* u = reinterpret_cast<const bits_t*>(q);
   int lo, hi;
   if (r.erange) {
@@ -576,12 +601,14 @@ void exponents(const float* q, const uint8_t* e, int64_t nb, int64_t nonzero, fl
   } else {
     exponent_range(e, nb, lo, hi);
   }
-  uint32_t* h = part.hist.data();
+  uint32_t* h = cn.hist.data();
   int64_t e0;  // values with exponent 0: zeros and subnormals
   if (finite && (hi < lo || hi - lo < kSpan)) {  // hi < lo: only zeros and subnormals
-    e0 = nb - (hi < lo ? 0 : count_octaves(e, nb, lo, hi, h));
+    if (hi >= lo) cn.lo = std::min(cn.lo, lo), cn.hi = std::max(cn.hi, hi);
+    e0 = nb - (hi < lo ? 0 : count_octaves(e, nb, lo, hi, h, next));
     h[0] += uint32_t(e0);
   } else {
+    cn.scattered = true;
     int64_t k = 0;
     for (; k + kSub <= nb; k += kSub)
       for (int64_t j = 0; j < kSub; ++j) ++h[j * kExp + e[k + j]];
@@ -616,8 +643,9 @@ void exponents(const float* q, const uint8_t* e, int64_t nb, int64_t nonzero, fl
   }
 }
 
+// Values b0..b1 of p into part; next: the part's next block where it is a whole one (prefetched), or null.
 void block(const float* p, int64_t b0, int64_t b1, const Units& un, bool band, float centre, float threshold,
-           const Edges& edges, Part& part) {
+           const Edges& edges, Part& part, Counters& cn, const float* next) {
   const float* q = p + b0;
   const int64_t nb = b1 - b0;
   uint8_t e[kBlock];
@@ -658,7 +686,21 @@ void block(const float* p, int64_t b0, int64_t b1, const Units& un, bool band, f
       chan(part, nb, mean, std::max(0.0, m2));
     }
   }
-  exponents(q, e, nb, r.nonzero, absmax, finite, edges, r, part);
+  exponents(q, e, nb, r.nonzero, absmax, finite, edges, r, part, cn, next);
+}
+
+// Adds a part's histogram and unit counts to the outputs and zeroes the bins it read.
+void merge_counts(Counters& cn, int64_t units, int64_t* h, int64_t* nzc) {
+  uint32_t* const hist = cn.hist.data();
+  if (cn.scattered) {
+    for (int64_t j = 0; j < kSub; ++j)
+      for (int64_t b = 0; b < kExp; ++b) h[b] += hist[j * kExp + b], hist[j * kExp + b] = 0;
+  } else {
+    h[0] += hist[0], hist[0] = 0;
+    for (int b = std::max(cn.lo, 1); b <= cn.hi; ++b) h[b] += hist[b], hist[b] = 0;
+  }
+  cn.lo = kExp, cn.hi = -1, cn.scattered = false;
+  for (int64_t u = 0; u < units; ++u) nzc[u] += cn.units[u];
 }
 
 }  // namespace
@@ -701,25 +743,34 @@ void fused_stats(const at::Tensor& x, int64_t units, int64_t inner, bool band, d
   const int64_t n = x.numel();
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks / 8));
+  if (g_max_parts > 0) parts = std::min(parts, g_max_parts);
   parts = std::max(parts, (n + kMaxPart - 1) / kMaxPart);
   const UnitMode mode = !units                          ? kNoUnits
                         : inner == 1 && units % kLanes == 0 ? kRows
                         : inner % kLanes == 0           ? kRuns
                                                         : kSeparate;
-  std::vector<Part> out(parts);
-  for (Part& part : out) {  // allocated here, not in the pool's threads (and their malloc arenas)
-    part.hist.assign(kSub * kExp, 0);
-    if (units) part.units.assign(units, 0);
+  // The counters live in the calling thread (not in the pool's threads and their malloc arenas).
+  thread_local std::vector<Counters> mine;
+  if (int64_t(mine.size()) < parts) mine.resize(parts);
+  Counters* const scratch = mine.data();  // the pool's threads write here (in them, `mine` is theirs)
+  for (int64_t i = 0; i < parts; ++i) {
+    std::vector<uint32_t>& u = scratch[i].units;
+    if (int64_t(u.size()) < units) u.resize(units);
+    std::fill(u.begin(), u.begin() + units, 0);
+    scratch[i].acc = Part();
   }
   const float c = float(centre), t = float(threshold);  // torch compares in float32 too
   at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      Part& part = out[i];
+      Counters& cn = scratch[i];
+      Part& part = cn.acc;
       Units un;
-      un.count = units, un.inner = inner, un.cnt = part.units.data(), un.mode = mode;
+      un.count = units, un.inner = inner, un.cnt = cn.units.data(), un.mode = mode;
       const int64_t first = blocks * i / parts, last = blocks * (i + 1) / parts;
-      for (int64_t b = first; b < last; ++b)
-        block(p, b * kBlock, std::min(n, (b + 1) * kBlock), un, band, c, t, edges, part);
+      for (int64_t b = first; b < last; ++b) {
+        const float* next = b + 1 < last && (b + 2) * kBlock <= n ? p + (b + 1) * kBlock : nullptr;
+        block(p, b * kBlock, std::min(n, (b + 1) * kBlock), un, band, c, t, edges, part, cn, next);
+      }
     }
   });
   Part all;
@@ -727,7 +778,8 @@ void fused_stats(const at::Tensor& x, int64_t units, int64_t inner, bool band, d
   int64_t* nzc = nonzero_out.data_ptr<int64_t>() + offset;
   std::fill(h, h + kCounts, 0);
   std::fill(nzc, nzc + std::max<int64_t>(units, 1), 0);
-  for (const Part& part : out) {
+  for (int64_t i = 0; i < parts; ++i) {
+    const Part& part = scratch[i].acc;
     if (all.finite && part.finite) {
       chan(all, part.n, part.mean, part.m2);
     } else {
@@ -743,9 +795,8 @@ void fused_stats(const at::Tensor& x, int64_t units, int64_t inner, bool band, d
     all.posinf += part.posinf;
     all.neginf += part.neginf;
     for (int f = 0; f < kFormats; ++f) all.over[f] += part.over[f];
-    for (int64_t j = 0; j < kSub; ++j)
-      for (int64_t b = 0; b < kExp; ++b) h[b] += part.hist[j * kExp + b];
-    for (int64_t u = 0; u < units; ++u) nzc[u] += part.units[u];
+    merge_counts(scratch[i], units, h, nzc);
+    if (units > kKeepUnits) std::vector<uint32_t>().swap(scratch[i].units);  // not kept: a large buffer
   }
   h[kExp] = all.tiny;
   for (int f = 0; f < kFormats; ++f) h[kExp + 1 + f] = all.over[f];
@@ -780,7 +831,14 @@ std::string set_isa(int64_t level) {
   return kIsaNames[g_isa];
 }
 
+// The most parts (threads) a call uses; n > 0 sets that cap, 0 removes it, n < 0 only reads it.
+int64_t set_max_parts(int64_t n) {
+  if (n >= 0) g_max_parts = n;
+  return g_max_parts;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fused_stats", &fused_stats, "initscope: one-pass tensor statistics (float32, CPU), into buffers");
+  m.def("set_max_parts", &set_max_parts, "initscope: cap on the parts (threads) of a call; 0 none (tests)");
   m.def("set_isa", &set_isa, "initscope: the vector code path in use; level >= 0 picks one (tests)");
 }
