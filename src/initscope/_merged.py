@@ -102,7 +102,7 @@ class MergedStats:
         self.moments[idx, 0] = np.where(take, mean2, np.where(keep, mean1, mean))
         self.moments[idx, 1] = np.where(take, m2b, np.where(keep, m2a, m2))
 
-    def _rows(self, keys: list, units: list) -> tuple[np.ndarray, np.ndarray]:
+    def _rows(self, keys: list, units: list) -> tuple[np.ndarray | slice, np.ndarray]:
         """The rows of ``keys`` and which are new, their units merged. A step with the keys and
         unit counts of the last one (the usual case) takes cached rows and one addition over
         their units, which are then views of one array."""
@@ -114,16 +114,20 @@ class MergedStats:
             return last[2], np.zeros(len(keys), bool)
         rows = [self._row(k, u) for k, u in zip(keys, units)]
         idx, new = np.array([i for i, _ in rows], np.intp), np.array([n for _, n in rows])
-        have = [i for i, u in zip(idx.tolist(), units) if u is not None]
+        if len(idx) and np.array_equal(idx, np.arange(idx[0], idx[0] + len(idx))):
+            idx = slice(int(idx[0]), int(idx[0]) + len(idx))  # consecutive rows: views, not copies
+        order = list(range(idx.start, idx.stop)) if isinstance(idx, slice) else idx.tolist()
+        have = [i for i, u in zip(order, units) if u is not None]
         flat = None
-        if have and len(set(idx.tolist())) == len(keys):
+        distinct = len(set(order)) == len(keys)
+        if have and distinct:
             flat = np.concatenate([self.units[i] for i in have])
             at = 0
             for i in have:
                 w = len(self.units[i])
                 self.units[i] = flat[at:at + w]
                 at += w
-        self._last = (list(keys), widths, idx, flat) if len(set(idx.tolist())) == len(keys) else None
+        self._last = (list(keys), widths, idx, flat) if distinct else None
         return idx, new
 
     def _row(self, key: Hashable, units_now: np.ndarray | None) -> tuple[int, bool]:

@@ -72,8 +72,11 @@ def step_arrays(c: Columns, sel: list[int]) -> tuple:
     :meth:`initscope._merged.MergedStats.add_arrays` take them: (count, (mean, m2, min, max),
     (zeros, nan, posinf, neginf, saturated or 0), whether saturation is counted, histograms, format
     counts, per-unit nonzero counts, table)."""
-    ix = np.array(sel, np.intp)
-    count, units, has = c.count[ix], [c.units[i] for i in sel], c.has_sat[ix]
+    if len(sel) == len(c.count) and (not sel or sel[-1] == len(sel) - 1):  # every row, in order: no copies
+        ix, units = slice(None), c.units
+    else:
+        ix, units = np.array(sel, np.intp), [c.units[i] for i in sel]
+    count, has = c.count[ix], c.has_sat[ix]
     sat = np.where(has, c.sat[ix], 0).astype(np.int64)
     ints = np.stack([c.zeros[ix], c.nan[ix], c.posinf[ix], c.neginf[ix], sat], axis=1)
     m = np.stack([c.mean[ix], c.m2[ix], c.lo[ix], c.hi[ix]], axis=1)
