@@ -136,7 +136,7 @@ class Slab:
         copied out of the slab (the nonzero counts are views of one copy)."""
         n = len(slots)
         # every row reserved since the last clear, in order (the Recorder's case): slices, one copy each
-        rows = slice(0, n) if n == self.rows and slots[0][0] == 0 and slots[-1][0] == n - 1 \
+        rows = slice(0, n) if n and n == self.rows and slots[0][0] == 0 and slots[-1][0] == n - 1 \
             else [r for r, _, _ in slots]
         nonzero = self.nonzero.numpy()[:self.used].copy()
         scal, counts = self.scal.numpy()[rows], self.counts.numpy()[rows]
