@@ -66,15 +66,33 @@ def test_transformers_callback_after_training_raised_removes_hooks_and_keeps_the
     if then == "close":
         callback.close()
         callback.close()  # a second time: nothing left to do
-    else:  # on_train_begin closes the run left open, then records the new one elsewhere
+    else:  # on_train_begin closes the run left open, then records the new one beside it
         trainer.pop_callback(Fail)
-        callback.directory = tmp_path / "second"
         trainer.train()
-        assert Run.load(tmp_path / "second" / "run.parquet").steps.tolist() == list(range(6))
+        assert Run.load(tmp_path / "initscope" / "run-2.parquet").steps.tolist() == list(range(6))
+        assert (tmp_path / "initscope" / "report-2.html").is_file() and (tmp_path / "initscope" / "tensorboard-2").is_dir()
     assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
     assert all(s._thread is None or not s._thread._thread.is_alive() for s in sinks)  # writer threads ended
     assert Run.load(tmp_path / "initscope" / "run.parquet").steps.tolist() == [0, 1, 2]  # three steps ended
     assert not (tmp_path / "initscope" / "report.html").exists()
+
+
+def test_transformers_callback_training_twice_keeps_both_runs(tmp_path):
+    """A second trainer.train() with the same callback and directory: the first run's file and
+    report stay as they were, the second goes beside them as run-2.parquet and report-2.html."""
+    from initscope.runs import Run
+
+    callback = integrations.InitscopeCallback(every=2)
+    trainer, model = _hf_trainer(tmp_path, callback, steps=4, accumulate=1)
+    trainer.train()
+    first = (tmp_path / "initscope" / "report.html").read_bytes()
+    trainer.train()  # max_steps again: four more optimizer steps in a new run
+    d = tmp_path / "initscope"
+    assert Run.load(d / "run.parquet").steps.tolist() == [0, 2]
+    assert Run.load(d / "run-2.parquet").steps.tolist() == [0, 2]
+    assert (d / "report.html").read_bytes() == first and (d / "report-2.html").is_file()
+    assert callback.session.run_path == d / "run-2.parquet"
+    assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
 
 
 def _lightning_module(fail_at=None):

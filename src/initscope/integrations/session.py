@@ -20,6 +20,10 @@ __all__ = ["RunSession"]
 class RunSession:
     """Record one training run into ``directory``.
 
+    A run file is never overwritten: when ``run.parquet`` is there already (a second
+    ``trainer.train()`` with the same callback, or an earlier process), the run goes to
+    ``run-2.parquet`` with ``report-2.html`` (and ``tensorboard-2``), then ``-3``, and so on.
+
     Args:
         directory: where ``run.parquet`` (the run file) and ``report.html`` go.
         every: record every ``every``-th optimizer step.
@@ -38,24 +42,33 @@ class RunSession:
         self.tensorboard, self.write_report, self.flush_every = tensorboard, report, flush_every
         self.recorder: Recorder | None = None
         self.run: Any = None
+        self._suffix = ""  # "-2", "-3"... when earlier runs are in the directory (set by start)
 
     @property
     def run_path(self) -> Path:
         """The run file."""
-        return self.directory / "run.parquet"
+        return self.directory / f"run{self._suffix}.parquet"
 
     @property
     def report_path(self) -> Path:
         """The HTML report."""
-        return self.directory / "report.html"
+        return self.directory / f"report{self._suffix}.html"
+
+    def _free_suffix(self) -> str:
+        """"" for the first run in the directory, else "-k" for the first k >= 2 not taken."""
+        k = 1
+        while (self.directory / f"run{'' if k == 1 else f'-{k}'}.parquet").exists():
+            k += 1
+        return "" if k == 1 else f"-{k}"
 
     def start(self, model: nn.Module) -> None:
         """Attach a Recorder to ``model``."""
         from initscope.runs import RunWriter, TensorBoardSink
 
+        self._suffix = self._free_suffix()
         sinks: list[Any] = [RunWriter(self.run_path, self.flush_every)]
         if self.tensorboard is not False and self.tensorboard is not None:
-            tb = self.directory / "tensorboard" if self.tensorboard is True else self.tensorboard
+            tb = self.directory / f"tensorboard{self._suffix}" if self.tensorboard is True else self.tensorboard
             sinks.append(TensorBoardSink(tb))
         self.recorder = Recorder(model, every=self.every, modules=self.modules, sinks=sinks).__enter__()
 
