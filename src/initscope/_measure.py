@@ -150,15 +150,9 @@ def _device_path(x: torch.Tensor) -> bool:
 
 
 def _measure(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | None,
-             slab: _native.Slab, ext: object | None = None) -> _Pending:
-    """Queue the reductions for one floating tensor; nothing leaves the device. ``ext``: the
-    loaded kernel, where the caller knows that it is on (it skips the checks of each call)."""
+             slab: _native.Slab) -> _Pending:
+    """Queue the reductions for one floating tensor; nothing leaves the device."""
     units = None if unit_dim is None else x.shape[unit_dim]
-    if ext is not None:  # x: float32 on the CPU (see StatsAccumulator.add)
-        slot = _native.measure_into(ext, x, unit_dim, band, SATURATION_LEVEL, _EDGE_BITS, slab)
-        if slot is not None:
-            return _Pending(None, x.numel(), units, band is not None, True, slot=slot)
-        x = x.detach()
     if _device_path(x) and _triton_stats.enabled(x):  # opt-in, see its notes
         parts = _triton_stats.measure(x, unit_dim, band, SATURATION_LEVEL, _EDGE_BITS)
         if parts is not None:

@@ -273,35 +273,30 @@ class StatsAccumulator:
             unit_dim: dimension that indexes units (channels, features); None for no units.
             saturation: (centre, half_width) of a bounded activation's range, or None.
         """
-        if x.dtype is torch.float32 and x.is_cpu and x.is_contiguous() and self._fused(key, x, unit_dim, saturation):
+        if x.dtype is torch.float32 and x.is_cpu and self._slab_row(key, x, unit_dim, saturation):
             return
         if not x.is_floating_point():
             raise TypeError(f"statistics need a floating tensor, got {x.dtype}")
         if x.dim() < 2:
             unit_dim = None
-        if x.is_cpu and x.dtype is torch.float32 and x.numel():  # the fused kernel's path: no torch op on x
-            if self._slab is None:
-                self._slab = _native.Slab()
-            if self._ext is _UNSET:
-                self._ext = None if _native.disabled() else _native.load()
-            if self._ext is not None:
-                p = _measure(x, unit_dim, saturation, self._slab, self._ext)
-                self._others += p.slot is None
-                self._items.append((key, p))
-                return
         x = x.detach()
-        self._others += 1  # no slab row: only the kernel's path above writes one
         if x.numel() == 0:
             units = None if unit_dim is None else x.shape[unit_dim]
             self._items.append((key, Stats.empty(units, saturation is not None)))
+            self._others += 1
             return
         if self._slab is None and x.is_cpu:
             self._slab = _native.Slab()
-        self._items.append((key, _measure(x, unit_dim, saturation, self._slab)))
+        pending = _measure(x, unit_dim, saturation, self._slab)
+        self._others += pending.slot is None  # a copy of memory with gaps still writes a slab row
+        self._items.append((key, pending))
 
-    def _fused(self, key: Hashable, x: torch.Tensor, unit_dim: int | None, saturation: tuple[float, float] | None) -> bool:
-        """:meth:`add` for a contiguous float32 CPU tensor, in the fewest steps (a hook's few
-        microseconds, ~150 hooks a step): the kernel writes one slab row. False if it is off."""
+    def _slab_row(self, key: Hashable, x: torch.Tensor, unit_dim: int | None,
+                  saturation: tuple[float, float] | None) -> bool:
+        """:meth:`add` for a float32 CPU tensor whose memory has no gaps, in the fewest steps (a
+        hook's few microseconds, ~150 hooks a step): the fused kernel writes one slab row, no
+        torch op runs on ``x``. False, and nothing done, where the kernel is off, ``x`` is empty
+        or its memory has gaps."""
         ext = self._ext
         if ext is _UNSET:
             ext = self._ext = None if _native.disabled() else _native.load()
@@ -310,19 +305,13 @@ class StatsAccumulator:
             return False
         if self._slab is None:
             self._slab = _native.Slab()
-        shape = x.shape
-        units = inner = 0
-        if unit_dim is not None and len(shape) >= 2:
-            d = unit_dim % len(shape)
-            units, inner = shape[d], math.prod(shape[d + 1:])
-        centre, half = saturation if saturation is not None else (0.0, 0.0)
-        slab, width = self._slab, max(units, 1)
-        row, offset = slab.reserve(width)
-        ext.fused_stats(x, units, inner, saturation is not None, centre, SATURATION_LEVEL * half, _EDGE_BITS, True,
-                        slab.scal, slab.counts, slab.nonzero, row, offset)
-        pending = _Pending(None, n, units if unit_dim is not None and len(shape) >= 2 else None,
-                           saturation is not None, True, slot=(row, offset, width))
-        self._items.append((key, pending))
+        if x.dim() < 2:
+            unit_dim = None
+        units = None if unit_dim is None else x.shape[unit_dim]
+        slot = _native.measure_into(ext, x, unit_dim, saturation, SATURATION_LEVEL, _EDGE_BITS, self._slab)
+        if slot is None:
+            return False
+        self._items.append((key, _Pending(None, n, units, saturation is not None, True, slot=slot)))
         return True
 
     def to_host(self) -> list[tuple[Hashable, Stats]]:
