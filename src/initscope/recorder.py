@@ -98,7 +98,7 @@ class Recorder:
                 raise ArgumentError(f"{name} must be a whole number >= 1; got {v!r}")
         self.model, self.every, self.max_rows = model, every, max_rows
         self.watched = select_modules(model, modules)
-        self._params = measured_params(model)
+        self._take_params()
         self._step = 0
         self._tap: Tap | None = None
         self._acc = StatsAccumulator()
@@ -108,8 +108,6 @@ class Recorder:
         self._merged = MergedStats()  # every recorded step, merged
         self._layers: dict[str, tuple[str, bool]] = {}
         self._last_selection: tuple | None = None  # (signature, _selection's answer) of the last recorded step
-        self._dtensors: list | None = None  # the parameter list _any_dtensor was computed for
-        self._any_dtensor = False
         self._open = False
         self._reducer = distributed.Reducer("Recorder step") if distributed.active() else None
         self.sinks, self._sinks_open = list(sinks), False
@@ -151,7 +149,7 @@ class Recorder:
             return
         self._acc.clear()  # one accumulator for the run: its buffers are reused step after step
         if distributed.active():  # FSDP2 replaces its parameter objects on its first forward
-            self._params = measured_params(self.model)
+            self._take_params()
         self._tap = Tap(self.model, self.watched, self._acc).__enter__()
         acc = self._tap.acc
         for name, p in self._params:
@@ -159,6 +157,11 @@ class Recorder:
                 # the accumulator's add itself, the key bound: no frame of ours between (it returns None)
                 self._param_hooks.append(p.register_hook(functools.partial(acc.add, ("grad", name))))
         self._measure_values()
+
+    def _take_params(self) -> None:
+        """The parameters measured, and whether any is a DTensor (whose steps take the Stats path)."""
+        self._params = measured_params(self.model)
+        self._any_dtensor = any(distributed.is_dtensor(p) for _, p in self._params)
 
     def _measure_values(self) -> None:
         """Queue the parameters' values, as the step starts."""
@@ -203,8 +206,6 @@ class Recorder:
         """The step stored from the statistics as arrays, without a Stats per tensor; False (and
         nothing done) unless every tensor went through the fused kernel, one per history key, and
         no parameter is a DTensor (their gradients are added at the flush)."""
-        if self._dtensors is not self._params:  # (re)computed when the parameter list changes
-            self._dtensors, self._any_dtensor = self._params, any(distributed.is_dtensor(p) for _, p in self._params)
         if self._any_dtensor:
             return False
         got = tap.acc.to_columns()
