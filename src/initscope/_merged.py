@@ -113,22 +113,21 @@ class MergedStats:
                 np.add(last[3], np.concatenate([u for u in units if u is not None]), out=last[3])
             return last[2], np.zeros(len(keys), bool)
         rows = [self._row(k, u) for k, u in zip(keys, units)]
-        idx, new = np.array([i for i, _ in rows], np.intp), np.array([n for _, n in rows])
-        if len(idx) and np.array_equal(idx, np.arange(idx[0], idx[0] + len(idx))):
-            idx = slice(int(idx[0]), int(idx[0]) + len(idx))  # consecutive rows: views, not copies
-        order = list(range(idx.start, idx.stop)) if isinstance(idx, slice) else idx.tolist()
+        order = [i for i, _ in rows]  # distinct, as the keys are
+        idx: np.ndarray | slice = np.array(order, np.intp)
+        if order and order == list(range(order[0], order[0] + len(order))):
+            idx = slice(order[0], order[0] + len(order))  # consecutive rows: views, not copies
         have = [i for i, u in zip(order, units) if u is not None]
         flat = None
-        distinct = len(set(order)) == len(keys)
-        if have and distinct:
+        if have:
             flat = np.concatenate([self.units[i] for i in have])
             at = 0
             for i in have:
                 w = len(self.units[i])
                 self.units[i] = flat[at:at + w]
                 at += w
-        self._last = (list(keys), widths, idx, flat) if distinct else None
-        return idx, new
+        self._last = (list(keys), widths, idx, flat)
+        return idx, np.array([n for _, n in rows])
 
     def _row(self, key: Hashable, units_now: np.ndarray | None) -> tuple[int, bool]:
         """The row of ``key`` and whether it is new; its units merged in place."""
