@@ -167,14 +167,15 @@ def test_bad_arguments():
 
 
 def test_the_stored_table_equals_the_stats_definitions():
-    from initscope.recorder import _table
+    from initscope._steptable import arrays_of, table_of
     from initscope.stats import Stats
 
     xs = [torch.randn(64, 8).relu(), torch.tensor([[1e-8, 7e4], [0.0, float("nan")]]), torch.tanh(torch.randn(5, 3) * 4),
           torch.tensor([float("inf"), -float("inf"), 1.0])]
     stats = [tensor_stats(xs[0], unit_dim=1), tensor_stats(xs[1], unit_dim=1), tensor_stats(xs[2], saturation=(0, 1)),
              tensor_stats(xs[3]), Stats.empty(4, True)]
-    table = _table(stats)
+    count, m, ints, has, _, fmt, units = arrays_of(stats)
+    table = table_of(count, m, ints, has, fmt, units)
     for s, row in zip(stats, table):
         for (name, fn), got in zip(STATS.items(), row):
             want = float(fn(s))

@@ -14,6 +14,7 @@ from collections.abc import Hashable
 
 import numpy as np
 
+from initscope._steptable import arrays_of
 from initscope.stats import FORMATS, Stats
 
 __all__ = ["MergedStats"]
@@ -55,14 +56,8 @@ class MergedStats:
         Raises:
             ShapeError: a key's units differ from those merged before (as Stats.merge).
         """
-        if not per:
-            return
-        stats = list(per.values())
-        m = np.array([(s.mean, s.m2, s.min, s.max) for s in stats], np.float64).reshape(-1, 4)
-        ints = np.array([(s.zeros, s.nan, s.posinf, s.neginf, s.saturated or 0) for s in stats], np.int64).reshape(-1, 5)
-        self.add_arrays(list(per), np.array([s.count for s in stats], np.int64), m, ints,
-                        np.array([s.saturated is not None for s in stats]), np.stack([s.hist for s in stats]),
-                        np.stack([s.formats for s in stats]), [s.unit_nonzero for s in stats])
+        if per:
+            self.add_arrays(list(per), *arrays_of(list(per.values())))
 
     def add_arrays(self, keys: list, count: np.ndarray, m: np.ndarray, ints: np.ndarray, has: np.ndarray,
                    hist: np.ndarray, formats: np.ndarray, units: list) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 from initscope._decode import Columns
 from initscope.stats import FORMATS, Stats
 
-__all__ = ["STATS", "decode_fields", "step_arrays"]
+__all__ = ["STATS", "arrays_of", "decode_fields", "step_arrays", "table_of"]
 
 
 def _fp(fmt: str, kind: str):
@@ -17,7 +17,7 @@ def _fp(fmt: str, kind: str):
 
 
 #: The statistics written to the history for each (step, layer, phase), as functions of a
-#: Stats (the definition; :func:`_table` computes the same values for many at once). NaN ones
+#: Stats (the definition; :func:`table_of` computes the same values for many at once). NaN ones
 #: are left out.
 STATS = {
     "mean": lambda s: s.mean, "std": lambda s: s.std, "min": lambda s: s.min, "max": lambda s: s.max,
@@ -28,36 +28,35 @@ STATS = {
 }
 
 
-def _table(stats: list[Stats]) -> np.ndarray:
-    """The values of :data:`STATS` for many Stats at once: [len(stats), len(STATS)], NaN where
-    undefined, computed as the Stats properties compute them."""
-    if not stats:
-        return np.empty((0, len(STATS)))
-    count = np.array([s.count for s in stats], np.float64)
-    cols = np.array([_row(s.__dict__) for s in stats], np.float64).reshape(len(stats), 8)
-    return _table_of(count, cols, np.array([s.formats for s in stats], np.float64))
+def arrays_of(stats: list[Stats]) -> tuple:
+    """Many Stats as the arrays :func:`table_of` and
+    :meth:`initscope._merged.MergedStats.add_arrays` take: (count, (mean, m2, min, max), (zeros,
+    nan, posinf, neginf, saturated or 0), whether saturation is counted, histograms, format counts,
+    per-unit nonzero counts)."""
+    m = np.array([(s.mean, s.m2, s.min, s.max) for s in stats], np.float64).reshape(-1, 4)
+    ints = np.array([(s.zeros, s.nan, s.posinf, s.neginf, s.saturated or 0) for s in stats], np.int64).reshape(-1, 5)
+    hist = np.stack([s.hist for s in stats]) if stats else np.zeros((0, 258), np.int64)
+    fmt = np.stack([s.formats for s in stats]) if stats else np.zeros((0, len(FORMATS), 3), np.int64)
+    return (np.array([s.count for s in stats], np.int64), m, ints, np.array([s.saturated is not None for s in stats], bool),
+            hist, fmt, [s.unit_nonzero for s in stats])
 
 
-def _table_of(count: np.ndarray, cols: np.ndarray, formats: np.ndarray) -> np.ndarray:
-    """:func:`_table` from the counts, the :func:`_row` columns [n, 8] and the format counts."""
-    fmt = np.asarray(formats, np.float64).reshape(len(count), -1, 3)
+def table_of(count: np.ndarray, m: np.ndarray, ints: np.ndarray, has: np.ndarray, fmt: np.ndarray,
+             units: list) -> np.ndarray:
+    """The values of :data:`STATS` for many Stats given as arrays (:func:`arrays_of`):
+    [n, len(STATS)], NaN where undefined, computed as the Stats properties compute them (int / int
+    divisions of exact integers in float64 round as Python's do)."""
+    c = count.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        frac = lambda v: np.where(count > 0, v / np.where(count > 0, count, 1), np.nan)  # noqa: E731
-        var = frac(cols[:, 1])
+        frac = lambda v: np.where(c > 0, v / np.where(c > 0, c, 1), np.nan)  # noqa: E731
+        var = frac(m[:, 1])
         std = np.where(var >= 0, np.sqrt(np.where(var >= 0, var, 0)), np.nan)
-        fp16, bf16 = FORMATS.index("fp16"), FORMATS.index("bf16")
-        return np.stack([cols[:, 0], std, cols[:, 2], cols[:, 3], frac(cols[:, 4]), cols[:, 5], cols[:, 6],
-                         cols[:, 7], frac(fmt[:, fp16, 0]), frac(fmt[:, bf16, 0]), frac(fmt[:, fp16, 2]),
-                         frac(fmt[:, bf16, 2])], axis=1)
-
-
-def _row(d: dict) -> tuple:
-    """(mean, m2, min, max, zeros, nonfinite, dead_frac, saturation_frac) of a Stats' fields, as its
-    properties give them (read from its __dict__: the properties cost ~1 us each, ~150 a step)."""
-    units, sat, n = d["unit_nonzero"], d["saturated"], d["count"]
-    dead = math.nan if units is None or not len(units) else (len(units) - np.count_nonzero(units)) / len(units)
-    return (d["mean"], d["m2"], d["min"], d["max"], d["zeros"], float(d["nan"] + d["posinf"] + d["neginf"]), dead,
-            math.nan if sat is None or not n else sat / n)
+        satfrac = np.where(has & (count > 0), ints[:, 4] / np.where(count > 0, count, 1), math.nan)
+    f = np.asarray(fmt, np.float64).reshape(len(count), len(FORMATS), 3)
+    fp16, bf16 = FORMATS.index("fp16"), FORMATS.index("bf16")
+    nonfinite = (ints[:, 1] + ints[:, 2] + ints[:, 3]).astype(np.float64)
+    return np.stack([m[:, 0], std, m[:, 2], m[:, 3], frac(ints[:, 0]), nonfinite, _dead_fractions(units), satfrac,
+                     frac(f[:, fp16, 0]), frac(f[:, bf16, 0]), frac(f[:, fp16, 2]), frac(f[:, bf16, 2])], axis=1)
 
 
 def decode_fields(c: Columns, sel: list[int]) -> list[tuple]:
@@ -68,10 +67,7 @@ def decode_fields(c: Columns, sel: list[int]) -> list[tuple]:
 
 
 def step_arrays(c: Columns, sel: list[int]) -> tuple:
-    """The rows ``sel`` of decoded arrays as a step's Stats fields and table, as :func:`_table` and
-    :meth:`initscope._merged.MergedStats.add_arrays` take them: (count, (mean, m2, min, max),
-    (zeros, nan, posinf, neginf, saturated or 0), whether saturation is counted, histograms, format
-    counts, per-unit nonzero counts, table)."""
+    """The rows ``sel`` of decoded arrays as :func:`arrays_of` gives them, and their table."""
     if len(sel) == len(c.count) and (not sel or sel[-1] == len(sel) - 1):  # every row, in order: no copies
         ix, units = slice(None), c.units
     else:
@@ -81,18 +77,12 @@ def step_arrays(c: Columns, sel: list[int]) -> tuple:
     ints = np.stack([c.zeros[ix], c.nan[ix], c.posinf[ix], c.neginf[ix], sat], axis=1)
     m = np.stack([c.mean[ix], c.m2[ix], c.lo[ix], c.hi[ix]], axis=1)
     hist, fmt = c.hist[ix], c.fmt[ix]
-    # dead_frac and saturation_frac as _row computes them (int / int; exact ints in float64 divide alike)
-    dead = _dead_fractions(units)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        satfrac = np.where(has & (count > 0), sat / np.where(count > 0, count, 1), math.nan)
-    cols = np.stack([m[:, 0], m[:, 1], m[:, 2], m[:, 3], ints[:, 0], ints[:, 1] + ints[:, 2] + ints[:, 3],
-                     dead, satfrac], axis=1).astype(np.float64)
-    return count, m, ints, has, hist, fmt, units, _table_of(count.astype(np.float64), cols, fmt)
+    return count, m, ints, has, hist, fmt, units, table_of(count, m, ints, has, fmt, units)
 
 
 def _dead_fractions(units: list[np.ndarray | None]) -> np.ndarray:
     """Per entry, the fraction of units with no nonzero value (NaN without units), as
-    :func:`_row` computes it, for all entries at once (one reduction, not one per tensor)."""
+    :attr:`Stats.dead_frac` computes it, for all entries at once (one reduction, not one per tensor)."""
     dead = np.full(len(units), math.nan)
     have = [i for i, u in enumerate(units) if u is not None and len(u)]
     if have:
@@ -100,5 +90,5 @@ def _dead_fractions(units: list[np.ndarray | None]) -> np.ndarray:
         widths = np.array([len(u) for u in parts])
         starts = np.concatenate([[0], np.cumsum(widths[:-1])])
         zero = np.add.reduceat(np.concatenate(parts) == 0, starts).astype(np.int64)
-        dead[have] = zero / widths  # int / int, as _row divides
+        dead[have] = zero / widths  # int / int, as the property divides
     return dead

@@ -47,7 +47,7 @@ from torch import nn
 from initscope import distributed
 from initscope import _validate as check
 from initscope._merged import MergedStats
-from initscope._steptable import STATS, _table, decode_fields, step_arrays
+from initscope._steptable import STATS, arrays_of, decode_fields, step_arrays, table_of
 from initscope.diagnose import Finding, diagnose_run
 from initscope.errors import ArgumentError
 from initscope.probe import (LayerRecord, ModuleSelection, OutputRecord, ParamRecord, Tap, Trace, measured_params,
@@ -255,11 +255,12 @@ class Recorder:
 
     def _store(self, per: dict[tuple[str, str], Stats]) -> None:
         keys = list(per)
-        values = _table(list(per.values()))
+        count, m, ints, has, hist, fmt, units = arrays_of(list(per.values()))
+        values = table_of(count, m, ints, has, fmt, units)
         hists = {k: s.hist for k, s in per.items() if k[1] in ("forward", "backward")}
-        self._merged.add(per)
-        counts = np.array([s.count for s in per.values()], np.int64)
-        self._keep(_Step(self._step, keys, values, int(np.count_nonzero(values == values)), hists, counts))
+        if keys:
+            self._merged.add_arrays(keys, count, m, ints, has, hist, fmt, units)
+        self._keep(_Step(self._step, keys, values, int(np.count_nonzero(values == values)), hists, count))
 
     def _keep(self, step: _Step) -> None:
         """Append a recorded step, feed the sinks, and thin the history when it outgrows max_rows."""
