@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         ["cnn", "mlp", "transformer"] + (["resnet"] if device.type == "cuda" else []))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     path = "fused Triton pass" if args.triton else "torch ops" if device.type == "cuda" else "fused CPU kernel, if compiled"
+    if device.type == "cuda" and os.environ.get("INITSCOPE_STATS_STREAM", "") not in ("", "0"):
+        path += ", on a side stream"
     print(f"torch {torch.__version__}, {where}, statistics by {path}, median of {args.repeats} interleaved steps\n")
     print("| model | plain step | record every step | off-step | naive hook | fresh Recorder: 1st step | later steps |")
     print("|---|---|---|---|---|---|---|")

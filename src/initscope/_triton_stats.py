@@ -35,6 +35,7 @@ from initscope._native import COUNTS as _COUNTS  # the layout of a counts row
 __all__ = ["enabled", "measure"]
 
 _TILE = 4096
+_WARPS = 8  # 4 warps spill registers on some tiles (float64 partials)
 _FORMATS = 4
 
 
@@ -99,7 +100,7 @@ def _launch(kernels, x: torch.Tensor, unit_dim: int | None, band: tuple[float, f
         kernels.stats_kernel[(grid,)](
             x, part_f, part_i, ints, ints[_COUNTS:], outer, units, inner, float(centre), float(level * half),
             *edges, BAND=band is not None, BF16=x.dtype == torch.bfloat16, BO=bo, BU=bu, BI=bi,  # edges < 2^31
-            num_warps=8)  # 4 warps spill registers on some tiles (float64 partials)
+            num_warps=_WARPS)
         kernels.merge_kernel[(1,)](part_f, part_i, grid, x.numel(), scal, ints, BAND=band is not None, BLOCK=256)
     return scal, ints[:_COUNTS], ints[_COUNTS:]
 

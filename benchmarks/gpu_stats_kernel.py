@@ -1,0 +1,163 @@
+"""GPU: what one tensor's statistics cost on the device, against one read of that tensor.
+
+Per tensor shape, side by side in one run:
+  read once     torch.aminmax(x): one pass over the tensor, the floor of any statistics pass
+  torch ops     the default GPU path of StatsAccumulator.add (about ten passes)
+  triton        the fused Triton pass (INITSCOPE_TRITON=1), for a few tile sizes and warp counts
+  triton, side  the same on the side stream (INITSCOPE_STATS_STREAM=1)
+"device" is GPU time per tensor (CUDA events around a run of adds, the side stream joined
+before the end event); "host" is the Python time per add (what a hook costs the CPU).
+
+With --profile, then a torch.profiler table of a plain and a recorded ResNet training step
+(probe_overhead.py's ResNet, batch 256): GPU time by kernel, to see where the extra goes.
+
+Usage (needs a CUDA device):
+    python benchmarks/gpu_stats_kernel.py [--repeats 30] [--profile]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from initscope import _measure, _triton_stats  # noqa: E402
+from initscope.stats import StatsAccumulator  # noqa: E402
+
+SHAPES = {
+    "ResNet activation 256x64x32x32": ((256, 64, 32, 32), 1),
+    "conv weight 64x64x3x3": ((64, 64, 3, 3), 0),
+    "MLP activation 256x1024": ((256, 1024), 1),
+}
+
+
+def _env(triton: bool, side: bool) -> None:
+    for name, on in (("INITSCOPE_TRITON", triton), ("INITSCOPE_STATS_STREAM", side)):
+        if on:
+            os.environ[name] = "1"
+        else:
+            os.environ.pop(name, None)
+
+
+def _time(fn, n: int, dev: torch.device) -> tuple[float, float]:
+    """(device seconds, host seconds) per call of ``fn``, medians over 5 runs of ``n`` calls."""
+    fn()
+    _measure.join(dev)
+    torch.cuda.synchronize(dev)
+    d, h = [], []
+    for _ in range(5):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(dev)
+        e0.record()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        h.append((time.perf_counter() - t0) / n)
+        _measure.join(dev)
+        e1.record()
+        torch.cuda.synchronize(dev)
+        d.append(e0.elapsed_time(e1) / 1e3 / n)
+    return statistics.median(d), statistics.median(h)
+
+
+def kernels(repeats: int) -> None:
+    dev = torch.device("cuda")
+    print("| tensor | path | device per tensor | x read once | host per add |")
+    print("|---|---|---|---|---|")
+    for title, (shape, unit_dim) in SHAPES.items():
+        x = torch.randn(shape, device=dev).relu_()
+        floor, _ = _time(lambda: torch.aminmax(x), repeats, dev)
+        print(f"| {title} | read once (aminmax) | {floor * 1e6:.1f} us | 1.00 | |", flush=True)
+        variants = [("torch ops", False, False, None), ("triton", True, False, None)]
+        if shape == (256, 64, 32, 32):  # the sweep, on the tensor that matters most
+            variants += [(f"triton, tile {t}, {w} warps", True, False, (t, w))
+                         for t in (2048, 4096, 8192, 16384) for w in (4, 8, 16)]
+        variants.append(("triton, side stream", True, True, None))
+        variants.append(("torch ops, side stream", False, True, None))
+        default = (_triton_stats._TILE, _triton_stats._WARPS)
+        for name, triton, side, cfg in variants:
+            _env(triton, side)
+            _triton_stats._TILE, _triton_stats._WARPS = cfg or default
+            acc = StatsAccumulator()
+
+            def add() -> None:
+                acc.add("t", x, unit_dim=unit_dim, saturation=(0.0, 1.0))
+            try:
+                d, h = _time(add, repeats, dev)
+                acc.clear()
+                failed = f" (FAILED: {_triton_stats.failure})" if triton and _triton_stats.failure else ""
+                print(f"| {title} | {name}{failed} | {d * 1e6:.1f} us | {d / floor:.2f} | {h * 1e6:.1f} us |", flush=True)
+            except Exception:  # noqa: BLE001  report and go on: one device run has to tell everything
+                print(f"| {title} | {name} | ERROR | | |", flush=True)
+                traceback.print_exc()
+            finally:
+                _triton_stats._TILE, _triton_stats._WARPS = default
+                _triton_stats.failure = ""
+        _env(False, False)
+
+
+def profile() -> None:
+    import probe_overhead as po
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof_
+
+    from initscope.recorder import Recorder
+
+    dev = torch.device("cuda")
+    _, factory, shape = po.MODELS["resnet"]
+    torch.manual_seed(0)
+    model = factory().to(dev)
+    x, y = torch.randn(shape, device=dev), torch.randint(0, 10, (shape[0],), device=dev)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    for label, triton, side in (("plain", None, False), ("torch ops", False, False), ("triton", True, False),
+                                ("triton, side stream", True, True)):
+        _env(bool(triton), side)
+        rec = Recorder(model, every=1).__enter__() if triton is not None else None
+        for _ in range(3):
+            po._step(model, opt, x, y)
+            if rec is not None:
+                rec.step()
+        torch.cuda.synchronize()
+        with prof_(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+            for _ in range(3):
+                po._step(model, opt, x, y)
+                if rec is not None:
+                    rec.step()
+            torch.cuda.synchronize()
+        if rec is not None:
+            rec.__exit__(None, None, None)
+        ev = [e for e in p.key_averages()]
+        key = "self_device_time_total" if hasattr(ev[0], "self_device_time_total") else "self_cuda_time_total"
+        total = sum(getattr(e, key) for e in ev) / 3
+        print(f"\n### ResNet step, {label}: GPU kernel time {total / 1e3:.2f} ms per step\n", flush=True)
+        print(p.key_averages().table(sort_by=key, row_limit=14, max_name_column_width=70), flush=True)
+    _env(False, False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("needs a CUDA device")
+        return 0
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}\n")
+    kernels(args.repeats)
+    if args.profile:
+        try:
+            profile()
+        except Exception:  # noqa: BLE001
+            traceback.print_exc()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
