@@ -3,8 +3,9 @@
 Per tensor shape, side by side in one run:
   read once     torch.aminmax(x): one pass over the tensor, the floor of any statistics pass
   torch ops     the default GPU path of StatsAccumulator.add (about ten passes)
-  triton        the fused Triton pass (INITSCOPE_TRITON=1), for a few tile sizes and warp counts
+  triton        the fused Triton pass, for a few tile sizes, warp counts and programs per multiprocessor
   triton, side  the same on the side stream (INITSCOPE_STATS_STREAM=1)
+"merge per tensor": the batched merge that Recorder.step() launches, divided by the tensors merged.
 "device" is GPU time per tensor (CUDA events around a run of adds, the side stream joined
 before the end event); "host" is the Python time per add (what a hook costs the CPU).
 
@@ -12,7 +13,7 @@ With --profile, then a torch.profiler table of a plain and a recorded ResNet tra
 (probe_overhead.py's ResNet, batch 256): GPU time by kernel, to see where the extra goes.
 
 Usage (needs a CUDA device):
-    python benchmarks/gpu_stats_kernel.py [--repeats 30] [--profile]
+    python benchmarks/gpu_stats_kernel.py [--repeats 30] [--profile] [--best FILE]
 """
 from __future__ import annotations
 
@@ -39,18 +40,20 @@ SHAPES = {
 
 
 def _env(triton: bool, side: bool) -> None:
-    for name, on in (("INITSCOPE_TRITON", triton), ("INITSCOPE_STATS_STREAM", side)):
-        if on:
-            os.environ[name] = "1"
-        else:
-            os.environ.pop(name, None)
+    os.environ["INITSCOPE_TRITON"] = "1" if triton else "0"
+    if side:
+        os.environ["INITSCOPE_STATS_STREAM"] = "1"
+    else:
+        os.environ.pop("INITSCOPE_STATS_STREAM", None)
 
 
-def _time(fn, n: int, dev: torch.device) -> tuple[float, float]:
-    """(device seconds, host seconds) per call of ``fn``, medians over 5 runs of ``n`` calls."""
+def _time(fn, n: int, dev: torch.device, between) -> tuple[float, float]:
+    """(device seconds, host seconds) per call of ``fn``, medians over 5 runs of ``n`` calls;
+    ``between()`` runs untimed after each run."""
     fn()
     _measure.join(dev)
     torch.cuda.synchronize(dev)
+    between()
     d, h = [], []
     for _ in range(5):
         e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -64,43 +67,74 @@ def _time(fn, n: int, dev: torch.device) -> tuple[float, float]:
         e1.record()
         torch.cuda.synchronize(dev)
         d.append(e0.elapsed_time(e1) / 1e3 / n)
+        between()
     return statistics.median(d), statistics.median(h)
 
 
-def kernels(repeats: int) -> None:
+CONFIG = ("_TILE", "_WARPS", "_PROGRAMS")
+
+
+def _config(cfg: tuple[int, int, int] | None) -> tuple[int, int, int]:
+    """Set the Triton pass's (tile, warps, programs per multiprocessor); returns the ones before."""
+    before = tuple(getattr(_triton_stats, k) for k in CONFIG)
+    for k, v in zip(CONFIG, cfg or before):
+        setattr(_triton_stats, k, v)
+    return before
+
+
+def kernels(repeats: int) -> tuple[int, int, int]:
+    """Print the table; returns the fastest Triton configuration on the ResNet activation."""
     dev = torch.device("cuda")
-    print("| tensor | path | device per tensor | x read once | host per add |")
-    print("|---|---|---|---|---|")
+    print("| tensor | path | device per tensor | x read once | host per add | merge per tensor |")
+    print("|---|---|---|---|---|---|")
+    best: dict[tuple, float] = {}
     for title, (shape, unit_dim) in SHAPES.items():
         x = torch.randn(shape, device=dev).relu_()
-        floor, _ = _time(lambda: torch.aminmax(x), repeats, dev)
-        print(f"| {title} | read once (aminmax) | {floor * 1e6:.1f} us | 1.00 | |", flush=True)
-        variants = [("torch ops", False, False, None), ("triton", True, False, None)]
+        floor, _ = _time(lambda: torch.aminmax(x), repeats, dev, lambda: None)
+        print(f"| {title} | read once (aminmax) | {floor * 1e6:.1f} us | 1.00 | | |", flush=True)
+        default = _config(None)
+        variants = [("torch ops", False, False, None), ("triton", True, False, default)]
         if shape == (256, 64, 32, 32):  # the sweep, on the tensor that matters most
-            variants += [(f"triton, tile {t}, {w} warps", True, False, (t, w))
-                         for t in (2048, 4096, 8192, 16384) for w in (4, 8, 16)]
-        variants.append(("triton, side stream", True, True, None))
-        variants.append(("torch ops, side stream", False, True, None))
-        default = (_triton_stats._TILE, _triton_stats._WARPS)
+            variants += [(f"triton, tile {t}, {w} warps, {p} programs/SM", True, False, (t, w, p))
+                         for t, w, p in ((1024, 4, 4), (1024, 8, 4), (2048, 4, 4), (4096, 4, 4), (4096, 8, 4),
+                                         (2048, 8, 2), (2048, 8, 8), (2048, 8, 16), (4096, 8, 8))]
+        variants += [("triton, side stream", True, True, default), ("torch ops, side stream", False, True, None)]
         for name, triton, side, cfg in variants:
             _env(triton, side)
-            _triton_stats._TILE, _triton_stats._WARPS = cfg or default
+            _config(cfg)
             acc = StatsAccumulator()
 
             def add() -> None:
                 acc.add("t", x, unit_dim=unit_dim, saturation=(0.0, 1.0))
             try:
-                d, h = _time(add, repeats, dev)
-                acc.clear()
+                d, h = _time(add, repeats, dev, acc.clear)
+                merge = ""
+                if triton and not _triton_stats.failure:
+                    for _ in range(repeats):
+                        add()
+                    arena = acc._arenas[dev if dev.index is not None else torch.device("cuda", 0)]
+                    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    _measure.join(dev)
+                    e0.record()
+                    _measure.finish(arena)
+                    _measure.join(dev)
+                    e1.record()
+                    torch.cuda.synchronize()
+                    merge = f"{e0.elapsed_time(e1) * 1e3 / repeats:.1f} us"
+                    acc.clear()
+                    if cfg is not None and not side and shape == (256, 64, 32, 32):
+                        best[cfg] = d
                 failed = f" (FAILED: {_triton_stats.failure})" if triton and _triton_stats.failure else ""
-                print(f"| {title} | {name}{failed} | {d * 1e6:.1f} us | {d / floor:.2f} | {h * 1e6:.1f} us |", flush=True)
+                print(f"| {title} | {name}{failed} | {d * 1e6:.1f} us | {d / floor:.2f} | {h * 1e6:.1f} us | {merge} |",
+                      flush=True)
             except Exception:  # noqa: BLE001  report and go on: one device run has to tell everything
-                print(f"| {title} | {name} | ERROR | | |", flush=True)
+                print(f"| {title} | {name} | ERROR | | | |", flush=True)
                 traceback.print_exc()
             finally:
-                _triton_stats._TILE, _triton_stats._WARPS = default
+                _config(default)
                 _triton_stats.failure = ""
         _env(False, False)
+    return min(best, key=best.get) if best else _config(None)
 
 
 def profile() -> None:
@@ -145,12 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--best", help="write the fastest Triton configuration (tile,warps,programs) to this file")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs a CUDA device")
         return 0
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}\n")
-    kernels(args.repeats)
+    best = kernels(args.repeats)
+    print(f"\nfastest Triton configuration on the ResNet activation: tile, warps, programs/SM = {best}")
+    if args.best:
+        Path(args.best).write_text(",".join(map(str, best)))
     if args.profile:
         try:
             profile()

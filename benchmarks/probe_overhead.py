@@ -22,7 +22,8 @@ cuda the recording step also runs under torch.cuda.set_sync_debug_mode("error") 
 no hook synchronises with the host (the one transfer in Recorder.step() is outside that check).
 
 Usage:
-    python benchmarks/probe_overhead.py [--device cuda [--triton]] [--repeats 9] [--models cnn,mlp]
+    python benchmarks/probe_overhead.py [--device cuda [--torch-ops] [--triton-config T,W,P]] [--repeats 9]
+        [--models cnn,mlp]
 """
 from __future__ import annotations
 
@@ -219,15 +220,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--models", default=None, help="comma-separated subset of " + ",".join(MODELS))
-    ap.add_argument("--triton", action="store_true", help="GPU: take the opt-in fused Triton pass (INITSCOPE_TRITON=1)")
+    ap.add_argument("--triton", action="store_true", help="GPU: take the fused Triton pass (INITSCOPE_TRITON=1)")
+    ap.add_argument("--torch-ops", action="store_true", help="GPU: take the torch-ops path (INITSCOPE_TRITON=0)")
+    ap.add_argument("--triton-config", help="tile,warps,programs per multiprocessor of the Triton pass")
     args = ap.parse_args(argv)
-    if args.triton:
-        os.environ["INITSCOPE_TRITON"] = "1"
+    if args.triton or args.torch_ops:
+        os.environ["INITSCOPE_TRITON"] = "0" if args.torch_ops else "1"
+    if args.triton_config:
+        from initscope import _triton_stats
+        for k, v in zip(("_TILE", "_WARPS", "_PROGRAMS"), args.triton_config.split(",")):
+            setattr(_triton_stats, k, int(v))
     device = torch.device(args.device)
     names = args.models.split(",") if args.models else (
         ["cnn", "mlp", "transformer"] + (["resnet"] if device.type == "cuda" else []))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    path = "fused Triton pass" if args.triton else "torch ops" if device.type == "cuda" else "fused CPU kernel, if compiled"
+    path = ("torch ops" if args.torch_ops else "fused Triton pass, where Triton imports") if device.type == "cuda" \
+        else "fused CPU kernel, if compiled"
+    if args.triton_config:
+        path += f" (tile, warps, programs/SM = {args.triton_config})"
     if device.type == "cuda" and os.environ.get("INITSCOPE_STATS_STREAM", "") not in ("", "0"):
         path += ", on a side stream"
     print(f"torch {torch.__version__}, {where}, statistics by {path}, median of {args.repeats} interleaved steps\n")

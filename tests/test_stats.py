@@ -283,18 +283,27 @@ def test_the_accelerator_variant_of_the_torch_path_decodes_to_the_same_stats(see
     assert math.isnan(got.min) and math.isnan(ref.min)
 
 
-def test_the_triton_pass_is_opt_in_and_gpu_only(monkeypatch):
+def test_the_triton_pass_is_gpu_only_and_can_be_turned_off(monkeypatch):
+    from types import SimpleNamespace
+
     from initscope import _triton_stats
 
     x = torch.randn(4, 3)
-    assert not _triton_stats.enabled(x)  # not asked for
+    assert not _triton_stats.enabled(x)  # a CPU tensor
     monkeypatch.setenv("INITSCOPE_TRITON", "1")
     assert not _triton_stats.enabled(x)  # asked for, but a CPU tensor
     assert tensor_stats(x).count == 12
-    # tiles (outer, units, inner): powers of two, at most 4096 values, whole units along the unit axis
-    assert _triton_stats._tiles(256, 64, 1024) == (1, 4, 1024)  # conv activations, channels as units
-    assert _triton_stats._tiles(4096, 768, 1) == (4, 1024, 1)  # features as units, varying fastest
-    assert _triton_stats._tiles(1, 1, 5000) == (1, 1, 4096)  # no units
+    monkeypatch.setattr(_triton_stats, "_kernel", lambda: object())  # as if Triton imported
+    cuda = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.float32)  # what enabled() reads
+    monkeypatch.delenv("INITSCOPE_TRITON")
+    assert _triton_stats.enabled(cuda)  # on by default
+    monkeypatch.setenv("INITSCOPE_TRITON", "0")
+    assert not _triton_stats.enabled(cuda)
+    # tiles (outer, units, inner): powers of two, at most _TILE = 2048 values, whole units along the unit axis
+    assert _triton_stats._TILE == 2048
+    assert _triton_stats._tiles(256, 64, 1024) == (1, 2, 1024)  # conv activations, channels as units
+    assert _triton_stats._tiles(4096, 768, 1) == (2, 1024, 1)  # features as units, varying fastest
+    assert _triton_stats._tiles(1, 1, 5000) == (1, 1, 2048)  # no units
 
 
 def test_a_triton_pass_that_fails_to_compile_falls_back_to_torch_ops(monkeypatch):

@@ -58,7 +58,10 @@ def interpreted_check() -> int:
             for dtype in (torch.float32, torch.bfloat16, torch.float16):
                 y = x.to(dtype)
                 band = (0.25, 1.5)
-                parts = _triton_stats.measure(y, unit_dim, band, _measure.SATURATION_LEVEL, _measure._EDGE_BITS)
+                arena = _triton_stats.Arena(y.device)
+                parts = _triton_stats.measure(y, unit_dim, band, _measure.SATURATION_LEVEL, _measure._EDGE_BITS, arena)
+                assert parts is not None, _triton_stats.failure
+                arena.finish()
                 units = None if unit_dim is None else y.shape[unit_dim]
                 pending = _measure._Pending(parts, y.numel(), units, True, True, exponents=True)
                 got = Stats(*_decode.decode(*_decode.transfer([pending]), [pending])[0])

@@ -171,26 +171,40 @@ def join(device: torch.device) -> None:
         torch.cuda.current_stream(device).wait_stream(s)
 
 
+def finish(arena) -> None:
+    """Launch the merges of the Triton pass's results in ``arena``, on the stream they were measured on."""
+    side = _SIDE.get(arena.device)
+    if side is None:
+        arena.finish()
+        return
+    side.wait_stream(torch.cuda.current_stream(arena.device))
+    with torch.cuda.stream(side):
+        arena.finish()
+
+
 def _measure(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | None,
-             slab: _native.Slab) -> _Pending:
+             slab: _native.Slab, arenas: dict) -> _Pending:
     """Queue the reductions for one floating tensor; nothing leaves the device. A CUDA tensor is
     measured on the side stream where one is on: after the work queued so far on the current
     stream, and its memory is not reused until that measurement is done."""
     side = _side_stream(x.device) if x.is_cuda else None
     if side is None:
-        return _queue(x, unit_dim, band, slab)
+        return _queue(x, unit_dim, band, slab, arenas)
     side.wait_stream(torch.cuda.current_stream(x.device))
     with torch.cuda.stream(side):
-        pending = _queue(x, unit_dim, band, slab)
+        pending = _queue(x, unit_dim, band, slab, arenas)
     x.record_stream(side)
     return pending
 
 
 def _queue(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | None,
-           slab: _native.Slab) -> _Pending:
+           slab: _native.Slab, arenas: dict) -> _Pending:
     units = None if unit_dim is None else x.shape[unit_dim]
     if _device_path(x) and _triton_stats.enabled(x):  # opt-in, see its notes
-        parts = _triton_stats.measure(x, unit_dim, band, SATURATION_LEVEL, _EDGE_BITS)
+        arena = arenas.get(x.device)
+        if arena is None:
+            arena = arenas[x.device] = _triton_stats.Arena(x.device)
+        parts = _triton_stats.measure(x, unit_dim, band, SATURATION_LEVEL, _EDGE_BITS, arena)
         if parts is not None:
             return _Pending(parts, x.numel(), units, band is not None, True, exponents=True)
     if x.dtype not in (torch.float32, torch.float64):

@@ -32,10 +32,12 @@ import torch
 
 from initscope._native import COUNTS as _COUNTS  # the layout of a counts row
 
-__all__ = ["enabled", "measure"]
+__all__ = ["Arena", "enabled", "measure"]
 
-_TILE = 4096
-_WARPS = 8  # 4 warps spill registers on some tiles (float64 partials)
+_TILE = 2048  # values a program reads per lap
+_WARPS = 8
+_PROGRAMS = 4  # programs per streaming multiprocessor
+_LAPS = (1 << 15) - 1  # at most this many tiles per program: its per-lane counts have 15-bit fields
 _FORMATS = 4
 
 
@@ -44,9 +46,9 @@ failure = ""
 
 
 def enabled(x: torch.Tensor) -> bool:
-    """Whether ``x`` takes this path: ``INITSCOPE_TRITON=1``, a CUDA float tensor, Triton importable,
-    and no earlier failure to compile or launch."""
-    if os.environ.get("INITSCOPE_TRITON", "") in ("", "0") or x.device.type != "cuda" or failure:
+    """Whether ``x`` takes this path: a CUDA float tensor, Triton importable, no earlier failure to
+    compile or launch, and not turned off (``INITSCOPE_TRITON=0``)."""
+    if x.device.type != "cuda" or failure or os.environ.get("INITSCOPE_TRITON", "") == "0":
         return False
     return x.dtype in (torch.float32, torch.float16, torch.bfloat16) and _kernel() is not None
 
@@ -62,47 +64,102 @@ def _tiles(outer: int, units: int, inner: int) -> tuple[int, int, int]:
     return _pow2(outer, _TILE // (bi * bu)), bu, bi
 
 
+@functools.lru_cache(maxsize=None)
+def _processors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+class Arena:
+    """One device's results of the Triton pass for one batch: zeroed int64 chunks (and their
+    float64 views) that the programs write their partial rows, histograms and per-unit counts
+    into, and the merge jobs, launched at once by :meth:`finish`."""
+
+    _CHUNK = 1 << 20  # int64 words (8 MB)
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.chunks: list[list] = []  # [ints, floats, used, jobs]
+
+    def take(self, words: int) -> tuple[list, int]:
+        """A zeroed region of ``words`` int64 words: (its chunk, its offset)."""
+        c = self.chunks[-1] if self.chunks else None
+        if c is None or c[2] + words > c[0].numel():
+            ints = torch.zeros(max(self._CHUNK, words), dtype=torch.int64, device=self.device)
+            c = [ints, ints.view(torch.float64), 0, []]
+            self.chunks.append(c)
+        at = c[2]
+        c[2] += words
+        return c, at
+
+    def finish(self) -> None:
+        """Launch the merge of every tensor measured since the last :meth:`reset` (one launch per chunk)."""
+        for ints, floats, _, jobs in self.chunks:
+            if jobs:
+                table = torch.tensor(jobs, dtype=torch.int64).to(self.device, non_blocking=True)
+                with _on(self.device):
+                    _kernel().merge_kernel[(len(jobs),)](floats, ints, table, BLOCK=256)
+                jobs.clear()
+
+    def reset(self) -> None:
+        """Zero what was used (after the results were read) and start over."""
+        for c in self.chunks:
+            if c[2]:
+                c[0][:c[2]].zero_()
+            c[2] = 0
+            c[3].clear()
+
+
+def _on(device: torch.device):
+    """Triton launches on the current device: make it ``device`` (no synchronisation)."""
+    return torch.cuda.device(device) if device.type == "cuda" and device.index != torch.cuda.current_device() \
+        else contextlib.nullcontext()
+
+
 def measure(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | None, level: float,
-            edges: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """(scalars, counts, nonzero counts) of ``x``, on its device (check :func:`enabled` first); None
-    when the kernels fail to compile or launch (recorded in :data:`failure`, and the caller takes
-    the torch-ops path from then on).
+            edges: list[int], arena: Arena) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(scalars, counts, nonzero counts) of ``x`` as views into ``arena``, valid once
+    ``arena.finish()`` has run (check :func:`enabled` first); None when the kernels fail to
+    compile or launch (recorded in :data:`failure`, and the caller takes the torch-ops path from
+    then on).
 
     Args:
         x: a float32, float16 or bfloat16 tensor (made contiguous here).
         unit_dim, band, level, edges: as :func:`initscope._native.fused` takes them.
+        arena: the accumulator's arena for ``x``'s device.
     """
     global failure
     try:
-        return _launch(_kernel(), x.contiguous(), unit_dim, band, level, edges)
+        return _launch(_kernel(), x.contiguous(), unit_dim, band, level, edges, arena)
     except Exception as e:  # noqa: BLE001  a Triton that cannot compile these kernels: torch ops instead
         failure = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
         return None
 
 
 def _launch(kernels, x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | None, level: float,
-            edges: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            edges: list[int], arena: Arena) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if unit_dim is None:
         outer, units, inner = 1, 1, x.numel()
     else:
         d = unit_dim % x.dim()
         outer, units, inner = math.prod(x.shape[:d]), x.shape[d], math.prod(x.shape[d + 1:])
     bo, bu, bi = _tiles(outer, units, inner)
-    grid = math.ceil(outer / bo) * math.ceil(units / bu) * math.ceil(inner / bi)
-    part_f = torch.empty(grid, 5, dtype=torch.float64, device=x.device)
-    part_i = torch.empty(grid, 5 + _FORMATS, dtype=torch.int64, device=x.device)
-    # one zeroed buffer: the histogram and the nonzero counts are added to atomically
-    ints = torch.zeros(_COUNTS + units, dtype=torch.int64, device=x.device)
-    scal = torch.empty(5, dtype=torch.float64, device=x.device)
+    n_u = -(-units // bu)
+    tiles = -(-outer // bo) * -(-inner // bi)  # per chunk of units
+    per_chunk = min(tiles, max(-(-_PROGRAMS * _processors(x.device) // n_u), -(-tiles // _LAPS)))
+    programs = n_u * per_chunk
+    pf, pi = programs * kernels.PART_F, programs * kernels.PART_I
+    chunk, at = arena.take(pf + pi + _COUNTS + units + 5)
+    ints, floats = chunk[0], chunk[1]
+    h_off = at + pf + pi
+    u_off, s_off = h_off + _COUNTS, h_off + _COUNTS + units
     centre, half = band if band is not None else (0.0, 0.0)
-    # Triton launches on the current device: make it x's (no synchronisation)
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        kernels.stats_kernel[(grid,)](
-            x, part_f, part_i, ints, ints[_COUNTS:], outer, units, inner, float(centre), float(level * half),
-            *edges, BAND=band is not None, BF16=x.dtype == torch.bfloat16, BO=bo, BU=bu, BI=bi,  # edges < 2^31
-            num_warps=_WARPS)
-        kernels.merge_kernel[(1,)](part_f, part_i, grid, x.numel(), scal, ints, BAND=band is not None, BLOCK=256)
-    return scal, ints[:_COUNTS], ints[_COUNTS:]
+    with _on(x.device):
+        kernels.stats_kernel[(programs,)](
+            x, floats, ints, at, at + pf, h_off, u_off, outer, units, inner, per_chunk, float(centre),
+            float(level * half), *edges, BAND=band is not None, BF16=x.dtype == torch.bfloat16,  # edges < 2^31
+            BO=bo, BU=bu, BI=bi, num_warps=_WARPS)
+    chunk[3].append((at, at + pf, programs, x.numel(), s_off, h_off, int(band is not None)))
+    return floats[s_off:s_off + 5], ints[h_off:h_off + _COUNTS], ints[u_off:u_off + units]
 
 
 @functools.lru_cache(maxsize=1)

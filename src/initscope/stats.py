@@ -45,7 +45,7 @@ import torch
 
 from initscope import _native
 from initscope._decode import Columns, columns, decode, transfer
-from initscope._measure import _EDGE_BITS, FORMATS, HIST_EXPONENTS, SATURATION_LEVEL, _measure, _Pending
+from initscope._measure import _EDGE_BITS, FORMATS, HIST_EXPONENTS, SATURATION_LEVEL, _measure, _Pending, finish
 from initscope.errors import ShapeError
 
 __all__ = ["FORMATS", "HIST_EXPONENTS", "SATURATION_LEVEL", "Stats", "StatsAccumulator", "tensor_stats"]
@@ -251,6 +251,7 @@ class StatsAccumulator:
         self._slab: _native.Slab | None = None  # host buffers of the fused kernel, made on first use
         self._ext: object = _UNSET  # the kernel, looked up once per batch (env and load, on first use)
         self._others = 0  # items queued not as a slab row of the fused kernel
+        self._arenas: dict = {}  # per device, the Triton pass's results (initscope._triton_stats.Arena)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -262,6 +263,8 @@ class StatsAccumulator:
         self._others = 0
         if self._slab is not None:
             self._slab.clear()
+        for arena in self._arenas.values():
+            arena.reset()
 
     def add(self, key: Hashable, x: torch.Tensor, *, unit_dim: int | None = None,
             saturation: tuple[float, float] | None = None) -> None:
@@ -287,7 +290,7 @@ class StatsAccumulator:
             return
         if self._slab is None and x.is_cpu:
             self._slab = _native.Slab()
-        pending = _measure(x, unit_dim, saturation, self._slab)
+        pending = _measure(x, unit_dim, saturation, self._slab, self._arenas)
         self._others += pending.slot is None  # a copy of memory with gaps still writes a slab row
         self._items.append((key, pending))
 
@@ -327,11 +330,16 @@ class StatsAccumulator:
         for i, (_, p) in enumerate(items):
             if isinstance(p, _Pending) and p.slot is None:
                 by_dev.setdefault(p.parts[0].device, []).append(i)
-        for idx in by_dev.values():
+        for dev, idx in by_dev.items():
             group = [items[i][1] for i in idx]
+            arena = self._arenas.get(dev)
+            if arena is not None:
+                finish(arena)
             done.update(zip(idx, map(Stats._of, decode(*transfer(group), group))))
         if self._slab is not None:
             self._slab.clear()
+        for arena in self._arenas.values():
+            arena.reset()
         return [(key, done[i]) for i, (key, _) in enumerate(items)]
 
     def to_columns(self) -> tuple[list, Columns] | None:
