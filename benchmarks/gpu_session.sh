@@ -2,9 +2,8 @@
 # The one device run of a session with a lent GPU (issue 16's GPU figures): the GPU tests, the
 # per-tensor kernel costs (with a sweep of the Triton pass's tile, warps and programs), then the
 # Recorder's overhead on the ResNet (batch 256) and the CNN: the torch-ops path, the Triton pass
-# at its fastest configuration (RUNS times; once with the MLP and the transformer too), and the
-# Triton pass on a side stream. Every part runs under its own timeout and the run goes on past a
-# failure; the logs land in $OUT.
+# at its fastest configuration (RUNS times; once with the MLP and the transformer too). Every part
+# runs under its own timeout and the run goes on past a failure; the logs land in $OUT.
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_session.sh [repeats] [runs]
 set -u
@@ -34,4 +33,3 @@ for run in $(seq "$RUNS"); do
   [ "$run" = 1 ] && models=resnet,cnn,mlp,transformer
   probe "Triton, run $run" "$models" --triton-config "$BEST"
 done
-INITSCOPE_STATS_STREAM=1 probe "Triton on a side stream" resnet,cnn --triton-config "$BEST"

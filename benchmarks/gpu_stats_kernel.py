@@ -2,12 +2,12 @@
 
 Per tensor shape, side by side in one run:
   read once     torch.aminmax(x): one pass over the tensor, the floor of any statistics pass
-  torch ops     the default GPU path of StatsAccumulator.add (about ten passes)
-  triton        the fused Triton pass, for a few tile sizes, warp counts and programs per multiprocessor
-  triton, side  the same on the side stream (INITSCOPE_STATS_STREAM=1)
-"merge per tensor": the batched merge that Recorder.step() launches, divided by the tensors merged.
-"device" is GPU time per tensor (CUDA events around a run of adds, the side stream joined
-before the end event); "host" is the Python time per add (what a hook costs the CPU).
+  torch ops     the GPU path of StatsAccumulator.add without Triton (about ten passes)
+  triton        the fused Triton pass (the default where Triton imports), for a few tile sizes,
+                warp counts and programs per multiprocessor
+"device" is GPU time per tensor (CUDA events around a run of adds); "host" is the Python time
+per add (what a hook costs the CPU); "merge per tensor" is the batched merge that
+Recorder.step() launches, divided by the tensors merged.
 
 With --profile, then a torch.profiler table of a plain and a recorded ResNet training step
 (probe_overhead.py's ResNet, batch 256): GPU time by kernel, to see where the extra goes.
@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from initscope import _measure, _triton_stats  # noqa: E402
+from initscope import _triton_stats  # noqa: E402
 from initscope.stats import StatsAccumulator  # noqa: E402
 
 SHAPES = {
@@ -39,19 +39,14 @@ SHAPES = {
 }
 
 
-def _env(triton: bool, side: bool) -> None:
+def _env(triton: bool) -> None:
     os.environ["INITSCOPE_TRITON"] = "1" if triton else "0"
-    if side:
-        os.environ["INITSCOPE_STATS_STREAM"] = "1"
-    else:
-        os.environ.pop("INITSCOPE_STATS_STREAM", None)
 
 
 def _time(fn, n: int, dev: torch.device, between) -> tuple[float, float]:
     """(device seconds, host seconds) per call of ``fn``, medians over 5 runs of ``n`` calls;
     ``between()`` runs untimed after each run."""
     fn()
-    _measure.join(dev)
     torch.cuda.synchronize(dev)
     between()
     d, h = [], []
@@ -63,7 +58,6 @@ def _time(fn, n: int, dev: torch.device, between) -> tuple[float, float]:
         for _ in range(n):
             fn()
         h.append((time.perf_counter() - t0) / n)
-        _measure.join(dev)
         e1.record()
         torch.cuda.synchronize(dev)
         d.append(e0.elapsed_time(e1) / 1e3 / n)
@@ -93,14 +87,13 @@ def kernels(repeats: int) -> tuple[int, int, int]:
         floor, _ = _time(lambda: torch.aminmax(x), repeats, dev, lambda: None)
         print(f"| {title} | read once (aminmax) | {floor * 1e6:.1f} us | 1.00 | | |", flush=True)
         default = _config(None)
-        variants = [("torch ops", False, False, None), ("triton", True, False, default)]
+        variants = [("torch ops", False, None), ("triton", True, default)]
         if shape == (256, 64, 32, 32):  # the sweep, on the tensor that matters most
-            variants += [(f"triton, tile {t}, {w} warps, {p} programs/SM", True, False, (t, w, p))
+            variants += [(f"triton, tile {t}, {w} warps, {p} programs/SM", True, (t, w, p))
                          for t, w, p in ((1024, 4, 4), (1024, 8, 4), (2048, 4, 4), (4096, 4, 4), (4096, 8, 4),
                                          (2048, 8, 2), (2048, 8, 8), (2048, 8, 16), (4096, 8, 8))]
-        variants += [("triton, side stream", True, True, default), ("torch ops, side stream", False, True, None)]
-        for name, triton, side, cfg in variants:
-            _env(triton, side)
+        for name, triton, cfg in variants:
+            _env(triton)
             _config(cfg)
             acc = StatsAccumulator()
 
@@ -112,17 +105,15 @@ def kernels(repeats: int) -> tuple[int, int, int]:
                 if triton and not _triton_stats.failure:
                     for _ in range(repeats):
                         add()
-                    arena = acc._arenas[dev if dev.index is not None else torch.device("cuda", 0)]
+                    (arena,) = acc._arenas.values()
                     e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    _measure.join(dev)
                     e0.record()
-                    _measure.finish(arena)
-                    _measure.join(dev)
+                    arena.finish()
                     e1.record()
                     torch.cuda.synchronize()
                     merge = f"{e0.elapsed_time(e1) * 1e3 / repeats:.1f} us"
                     acc.clear()
-                    if cfg is not None and not side and shape == (256, 64, 32, 32):
+                    if shape == (256, 64, 32, 32):
                         best[cfg] = d
                 failed = f" (FAILED: {_triton_stats.failure})" if triton and _triton_stats.failure else ""
                 print(f"| {title} | {name}{failed} | {d * 1e6:.1f} us | {d / floor:.2f} | {h * 1e6:.1f} us | {merge} |",
@@ -133,7 +124,7 @@ def kernels(repeats: int) -> tuple[int, int, int]:
             finally:
                 _config(default)
                 _triton_stats.failure = ""
-        _env(False, False)
+        _env(False)
     return min(best, key=best.get) if best else _config(None)
 
 
@@ -150,9 +141,8 @@ def profile() -> None:
     model = factory().to(dev)
     x, y = torch.randn(shape, device=dev), torch.randint(0, 10, (shape[0],), device=dev)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    for label, triton, side in (("plain", None, False), ("torch ops", False, False), ("triton", True, False),
-                                ("triton, side stream", True, True)):
-        _env(bool(triton), side)
+    for label, triton in (("plain", None), ("torch ops", False), ("triton", True)):
+        _env(bool(triton))
         rec = Recorder(model, every=1).__enter__() if triton is not None else None
         for _ in range(3):
             po._step(model, opt, x, y)
@@ -172,7 +162,7 @@ def profile() -> None:
         total = sum(getattr(e, key) for e in ev) / 3
         print(f"\n### ResNet step, {label}: GPU kernel time {total / 1e3:.2f} ms per step\n", flush=True)
         print(p.key_averages().table(sort_by=key, row_limit=14, max_name_column_width=70), flush=True)
-    _env(False, False)
+    os.environ.pop("INITSCOPE_TRITON", None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -238,8 +238,6 @@ def main(argv: list[str] | None = None) -> int:
         else "fused CPU kernel, if compiled"
     if args.triton_config:
         path += f" (tile, warps, programs/SM = {args.triton_config})"
-    if device.type == "cuda" and os.environ.get("INITSCOPE_STATS_STREAM", "") not in ("", "0"):
-        path += ", on a side stream"
     print(f"torch {torch.__version__}, {where}, statistics by {path}, median of {args.repeats} interleaved steps\n")
     print("| model | plain step | record every step | off-step | naive hook | fresh Recorder: 1st step | later steps |")
     print("|---|---|---|---|---|---|---|")

