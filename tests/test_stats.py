@@ -306,6 +306,30 @@ def test_the_triton_pass_is_gpu_only_and_can_be_turned_off(monkeypatch):
     assert _triton_stats._tiles(1, 1, 5000) == (1, 1, 2048)  # no units
 
 
+def test_the_triton_arena_hands_out_zeroed_regions_and_zeroes_them_again_on_reset():
+    from initscope._triton_stats import Arena
+
+    arena = Arena(torch.device("cpu"), chunk=16)
+    (c1, a), (c2, b) = arena.take(10), arena.take(6)
+    assert c1 is c2 and (a, b) == (0, 10)  # one chunk while it has room
+    c3, d = arena.take(4)
+    assert c3 is not c1 and d == 0 and len(arena.chunks) == 2  # a new chunk when it has none
+    big, e = arena.take(40)
+    assert e == 0 and big[0].numel() == 40  # a region larger than a chunk gets a chunk of its own
+    c1[0][:16] = 7
+    c1[1][0] = 2.5  # the float64 view shares the memory
+    c1[3].append(("job",))
+    arena.reset()
+    assert all(c[2] == 0 and not c[3] for c in arena.chunks)
+    assert c1[0].count_nonzero() == 0 and c1[1][0] == 0.0
+    for _ in range(3):  # batch after batch the same regions, in the same chunks: memory stays bounded
+        taken = [arena.take(n) for n in (10, 6, 4, 40)]
+        assert [(c is k, at) for (c, at), k in zip(taken, (c1, c1, c3, big))] == [(True, 0), (True, 10), (True, 0),
+                                                                                   (True, 0)]
+        assert len(arena.chunks) == 3
+        arena.reset()
+
+
 def test_a_triton_pass_that_fails_to_compile_falls_back_to_torch_ops(monkeypatch):
     from initscope import _measure, _triton_stats
 

@@ -48,6 +48,7 @@ _FORMATS = 4
 
 #: Why the Triton pass is off after a failure ("" while it has not failed).
 failure = ""
+_checked: set[torch.device] = set()  # devices where both kernels were built and launched
 
 
 def enabled(x: torch.Tensor) -> bool:
@@ -79,17 +80,21 @@ class Arena:
     float64 views) that the programs write their partial rows, histograms and per-unit counts
     into, and the merge jobs, launched at once by :meth:`finish`."""
 
-    _CHUNK = 1 << 20  # int64 words (8 MB)
-
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, chunk: int = 1 << 20) -> None:
         self.device = device
+        self.chunk = chunk  # int64 words a chunk holds at least (8 MB)
         self.chunks: list[list] = []  # [ints, floats, used, jobs]
+        self.at = 0  # the chunk regions are taken from; earlier ones are full for this batch
 
     def take(self, words: int) -> tuple[list, int]:
         """A zeroed region of ``words`` int64 words: (its chunk, its offset)."""
-        c = self.chunks[-1] if self.chunks else None
-        if c is None or c[2] + words > c[0].numel():
-            ints = torch.zeros(max(self._CHUNK, words), dtype=torch.int64, device=self.device)
+        while self.at < len(self.chunks):
+            c = self.chunks[self.at]
+            if c[2] + words <= c[0].numel():
+                break
+            self.at += 1
+        else:  # none left with room: a new chunk, at self.at
+            ints = torch.zeros(max(self.chunk, words), dtype=torch.int64, device=self.device)
             c = [ints, ints.view(torch.float64), 0, []]
             self.chunks.append(c)
         at = c[2]
@@ -106,7 +111,8 @@ class Arena:
                 jobs.clear()
 
     def reset(self) -> None:
-        """Zero what was used (after the results were read) and start over."""
+        """Zero what was used (after the results were read) and start over from the first chunk."""
+        self.at = 0
         for c in self.chunks:
             if c[2]:
                 c[0][:c[2]].zero_()
@@ -134,6 +140,11 @@ def measure(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | N
     """
     global failure
     try:
+        if x.device not in _checked:  # both kernels built here, so that to_host() never meets a failure
+            scratch = Arena(x.device, chunk=0)
+            _launch(_kernel(), torch.ones(3, device=x.device), None, None, level, edges, scratch)
+            scratch.finish()
+            _checked.add(x.device)
         return _launch(_kernel(), x.contiguous(), unit_dim, band, level, edges, arena)
     except Exception as e:  # noqa: BLE001  a Triton that cannot compile these kernels: torch ops instead
         failure = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"

@@ -323,24 +323,26 @@ class StatsAccumulator:
         items, self._items = self._items, []
         self._ext, self._others = _UNSET, 0
         done = {i: s for i, (_, s) in enumerate(items) if isinstance(s, Stats)}
-        fused = [i for i, (_, p) in enumerate(items) if isinstance(p, _Pending) and p.slot is not None]
-        if fused:
-            group = [items[i][1] for i in fused]
-            done.update(zip(fused, map(Stats._of, decode(*self._slab.read([p.slot for p in group]), group))))
-        by_dev: dict[torch.device, list[int]] = {}
-        for i, (_, p) in enumerate(items):
-            if isinstance(p, _Pending) and p.slot is None:
-                by_dev.setdefault(p.parts[0].device, []).append(i)
-        for dev, idx in by_dev.items():
-            group = [items[i][1] for i in idx]
-            arena = self._arenas.get(dev)
-            if arena is not None:
-                arena.finish()  # the Triton pass's merges, before the results are read
-            done.update(zip(idx, map(Stats._of, decode(*transfer(group), group))))
-        if self._slab is not None:
-            self._slab.clear()
-        for arena in self._arenas.values():
-            arena.reset()
+        try:
+            fused = [i for i, (_, p) in enumerate(items) if isinstance(p, _Pending) and p.slot is not None]
+            if fused:
+                group = [items[i][1] for i in fused]
+                done.update(zip(fused, map(Stats._of, decode(*self._slab.read([p.slot for p in group]), group))))
+            by_dev: dict[torch.device, list[int]] = {}
+            for i, (_, p) in enumerate(items):
+                if isinstance(p, _Pending) and p.slot is None:
+                    by_dev.setdefault(p.parts[0].device, []).append(i)
+            for dev, idx in by_dev.items():
+                group = [items[i][1] for i in idx]
+                arena = self._arenas.get(dev)
+                if arena is not None:
+                    arena.finish()  # the Triton pass's merges, before the results are read
+                done.update(zip(idx, map(Stats._of, decode(*transfer(group), group))))
+        finally:  # the buffers start the next batch empty, also after a failure here
+            if self._slab is not None:
+                self._slab.clear()
+            for arena in self._arenas.values():
+                arena.reset()
         return [(key, done[i]) for i, (key, _) in enumerate(items)]
 
     def to_columns(self) -> tuple[list, Columns] | None:
