@@ -15,11 +15,10 @@ try:
 except ImportError:
     triton = None
 
-__all__ = ["stats_kernel", "merge_kernel", "PART_F", "PART_I", "JOB"]
+__all__ = ["stats_kernel", "merge_kernel", "PART_F", "PART_I"]
 
 PART_F = 5  # a program's float64 partial row: count, sum, M2 about its mean, min, max
 PART_I = 9  # its int64 row: saturated, NaN, +inf, -inf, tiny, past edge 0..3
-JOB = 7     # a merge job: part_f offset, part_i offset, programs, count, scalars offset, counts offset, band
 
 if triton is not None:
     @triton.jit
@@ -129,7 +128,10 @@ if triton is not None:
     @triton.jit
     def merge_kernel(ws_f, ws_i, jobs_ptr, BLOCK: tl.constexpr):
         """One program per tensor: its programs' partial rows merged into [mean, var, min, max,
-        saturated] and the counts after the histogram (below 2^-129, past each edge, NaN, +inf, -inf)."""
+        saturated] and the counts after the histogram (below 2^-129, past each edge, NaN, +inf, -inf).
+        A job (a row of 7 in ``jobs_ptr``, as :func:`initscope._triton_stats._launch` appends it):
+        offsets of the partial rows in ``ws_f`` and ``ws_i``, the programs, the values, the offsets
+        of the scalars (``ws_f``) and of the counts (``ws_i``), and whether saturation is counted."""
         job = jobs_ptr + tl.program_id(0) * 7
         pf = ws_f + tl.load(job + 0)
         pi = ws_i + tl.load(job + 1)
