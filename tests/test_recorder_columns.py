@@ -9,7 +9,10 @@ import torch
 from torch import nn
 
 from initscope import _native
+from initscope._decode import columns
+from initscope._steptable import table_of
 from initscope.recorder import Recorder
+from initscope.stats import StatsAccumulator
 
 
 def _net():
@@ -124,3 +127,71 @@ def test_cached_selection_and_merge_follow_changing_calls(monkeypatch):
             assert u.unit_nonzero.sum() == u.count - u.zeros  # units merged as often as the counts
     extra = a.trace.layers[[r.name for r in a.trace.layers].index("extra")].outputs[0].forward
     assert extra.count == 3 * 7 * 8  # merged over the three steps that called it
+
+
+def _adversarial() -> list[tuple[torch.Tensor, int | None, tuple[float, float] | None]]:
+    """Tensors that reach every column the step table decodes: NaN and infinities, float32
+    subnormals and values below 2^-129, values past each format's overflow edge and under its
+    smallest normal, all zeros (every unit dead), units in rows, runs and separate layouts, a band."""
+    g = torch.Generator().manual_seed(3)
+    special = torch.randn(4, 16, generator=g) * 1e3
+    special[0, 3], special[1, 5], special[2, 7] = float("nan"), float("inf"), -float("inf")
+    tiny = torch.tensor([1e-40, 1e-45, 3e-39, 0.0, 0.0, 1.0, -2e-38, 5e-39])
+    edges = torch.tensor([7e4, 6.6e4, 1e-8, 1e-5, 5e-8, 3e38, 448.0, 500.0, 6e4, -5.8e4, 1e-3, 2e-7])
+    return [(special, 1, None), (tiny, None, None), (edges.reshape(3, 4), 1, (0.0, 1.0)),
+            (torch.zeros(8, 16), 1, None), (torch.randn(2, 3, 4, generator=g), 1, (0.5, 2.0)),
+            (torch.randn(64, 1024, generator=g), -1, None), (torch.randn(5, 7, generator=g) * 1e-30, 0, None),
+            (torch.empty(0), None, None)]
+
+
+@pytest.mark.skipif(_native.disabled() or _native.load() is None, reason="the step table needs the fused kernel")
+def test_step_table_gives_the_numpy_decode_bits():
+    """The extension's step table (one call) against the numpy decode it replaces in the Recorder
+    (_decode.columns, then _steptable.table_of), rows picked out of order: equal bits."""
+    cases = _adversarial()[:-1]
+    acc = StatsAccumulator()
+    for i, (x, unit_dim, band) in enumerate(cases):
+        acc.add(i, x, unit_dim=unit_dim, saturation=band)
+    assert acc.fused_keys() == list(range(len(cases)))
+    group = [p for _, p in acc._items]
+    c = columns(*acc._slab.read([p.slot for p in group]), group)
+    sel = [6, 2, 0, 5, 3, 1, 4]
+    count, m, ints, has, hist, fmt, units, table = acc.to_table(sel)
+    ix = np.array(sel)
+    ref_ints = np.stack([c.zeros[ix], c.nan[ix], c.posinf[ix], c.neginf[ix],
+                         np.where(c.has_sat[ix], c.sat[ix], 0).astype(np.int64)], axis=1)
+    ref_m = np.stack([c.mean[ix], c.m2[ix], c.lo[ix], c.hi[ix]], axis=1)
+    ref_units = [c.units[i] for i in sel]
+    for got, want in [(count, c.count[ix]), (m, ref_m), (ints, ref_ints), (has, c.has_sat[ix]),
+                      (hist, c.hist[ix]), (fmt, c.fmt[ix]),
+                      (table, table_of(c.count[ix], ref_m, ref_ints, c.has_sat[ix], c.fmt[ix], ref_units))]:
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)  # NaN where NaN, else the same bits
+    assert [u is None for u in units] == [u is None for u in ref_units]
+    for u, v in zip(units, ref_units):
+        np.testing.assert_array_equal(u, v)
+    # every column was reached: NaN and infinities, subnormals, fp16 and bf16 under- and overflow
+    assert ints[:, 1:4].sum(0).all() and hist[:, 1].any() and fmt[:, :2, :].any(axis=(0, 2)).all()
+    assert (table[:, 6] == 1.0).any() and (table[:, 7] > 0).any() and len(acc) == 0
+
+
+@pytest.mark.skipif(_native.disabled() or _native.load() is None, reason="one call for many needs the fused kernel")
+def test_add_many_gives_what_add_gives():
+    """Parameter values in one call of the kernel: each tensor's Stats equal add()'s bit for bit,
+    and tensors the kernel does not take (float64, a gappy view, empty) go through add()."""
+    tensors = [x for x, _, _ in _adversarial()] + [torch.randn(6, 4, dtype=torch.float64),
+                                                  torch.randn(8, 6)[:, ::2], torch.randn(3, 3, requires_grad=True)]
+    one, many = StatsAccumulator(), StatsAccumulator()
+    for i, x in enumerate(tensors):
+        one.add(i, x)
+    many.add_many(list(range(len(tensors))), tensors)
+    assert many._others == 3  # float64, the gappy view and the empty one went through add()
+    a, b = dict(one.to_host()), dict(many.to_host())
+    assert list(a) == list(b) == list(range(len(tensors)))
+    for i in a:
+        for f in dataclasses.fields(a[i]):
+            u, v = getattr(a[i], f.name), getattr(b[i], f.name)
+            if isinstance(u, np.ndarray) or u is None:
+                np.testing.assert_array_equal(u, v)
+            else:
+                assert u == v or (u != u and v != v), (i, f.name)

@@ -717,7 +717,11 @@ void merge_counts(Counters& cn, int64_t units, int64_t* h, int64_t* nzc) {
 //   counts[row] (int64, width kCounts): the kExp exponent bins of |x|, then values below 2^-129
 //     (nonzero), at or past each edge (finite), NaN, +inf, -inf;
 //   nonzero[offset, offset + max(units, 1)) (int64): nonzero counts per unit, or one total.
+//   where counts has kMeta more columns (the Recorder's slab): the value count, the offset and
+//     width of the nonzero counts, and flags (kHasUnits, kHasBand).
 constexpr int64_t kCounts = kExp + 1 + kFormats + 3;
+constexpr int64_t kMeta = 4;
+constexpr int64_t kHasUnits = 1, kHasBand = 2;
 
 void fused_stats(const at::Tensor& x, int64_t units, int64_t inner, bool band, double centre,
                  double threshold, std::vector<int64_t> edge_bits, bool float32_moments,
@@ -729,7 +733,8 @@ void fused_stats(const at::Tensor& x, int64_t units, int64_t inner, bool band, d
   TORCH_CHECK(units >= 0 && (units == 0 || inner >= 1), "fused_stats: units must be >= 0 and inner >= 1");
   TORCH_CHECK(scal_out.scalar_type() == at::kDouble && scal_out.is_contiguous() && scal_out.dim() == 2 &&
                   scal_out.size(1) == 5 && counts_out.scalar_type() == at::kLong && counts_out.is_contiguous() &&
-                  counts_out.dim() == 2 && counts_out.size(1) == kCounts && nonzero_out.scalar_type() == at::kLong &&
+                  counts_out.dim() == 2 && (counts_out.size(1) == kCounts || counts_out.size(1) == kCounts + kMeta) &&
+                  nonzero_out.scalar_type() == at::kLong &&
                   nonzero_out.is_contiguous() && row >= 0 && row < scal_out.size(0) && row < counts_out.size(0) &&
                   offset >= 0 && offset + std::max<int64_t>(units, 1) <= nonzero_out.numel(),
               "fused_stats: output buffers of the wrong type, shape or size");
@@ -776,7 +781,7 @@ void fused_stats(const at::Tensor& x, int64_t units, int64_t inner, bool band, d
     }
   });
   Part all;
-  int64_t* h = counts_out.data_ptr<int64_t>() + row * kCounts;
+  int64_t* h = counts_out.data_ptr<int64_t>() + row * counts_out.size(1);
   int64_t* nzc = nonzero_out.data_ptr<int64_t>() + offset;
   std::fill(h, h + kCounts, 0);
   std::fill(nzc, nzc + std::max<int64_t>(units, 1), 0);
@@ -806,6 +811,10 @@ void fused_stats(const at::Tensor& x, int64_t units, int64_t inner, bool band, d
   h[kExp + 2 + kFormats] = all.posinf;
   h[kExp + 3 + kFormats] = all.neginf;
   if (!units) nzc[0] = all.nonzero;
+  if (counts_out.size(1) == kCounts + kMeta) {  // the row's own description, for step_table
+    h[kCounts] = n, h[kCounts + 1] = offset, h[kCounts + 2] = std::max<int64_t>(units, 1);
+    h[kCounts + 3] = (units ? kHasUnits : 0) | (band ? kHasBand : 0);
+  }
   const double nan = std::numeric_limits<double>::quiet_NaN();
   // Nonfinite data: the mean the sum gives (NaN, or the one infinity), and an undefined M2.
   double mean = all.finite ? all.mean : all.sum / double(n);
@@ -825,6 +834,100 @@ void fused_stats(const at::Tensor& x, int64_t units, int64_t inner, bool band, d
   sc[4] = band ? double(all.sat) : nan;
 }
 
+// fused_stats of many tensors in one call (no units, no band; the Recorder's parameter values,
+// ~50 a step for a small transformer, each a few microseconds of Python through fused_stats):
+// the tensors that are contiguous float32 CPU tensors with values go to consecutive rows from
+// `row` and nonzero slots from `offset` (the caller has reserved one of each per tensor). Returns
+// per tensor its row, or -1 where it was skipped (the caller measures it another way).
+std::vector<int64_t> fused_stats_many(const std::vector<at::Tensor>& xs, std::vector<int64_t> edge_bits,
+                                      bool float32_moments, at::Tensor& scal_out, at::Tensor& counts_out,
+                                      at::Tensor& nonzero_out, int64_t row, int64_t offset) {
+  std::vector<int64_t> rows(xs.size(), -1);
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const at::Tensor& x = xs[i];
+    if (!x.device().is_cpu() || x.scalar_type() != at::kFloat || !x.is_contiguous() || x.numel() == 0) continue;
+    fused_stats(x, 0, 1, false, 0.0, 0.0, edge_bits, float32_moments, scal_out, counts_out, nonzero_out, row, offset);
+    rows[i] = row++;
+    ++offset;
+  }
+  return rows;
+}
+
+// A recorded step's slab rows as the Recorder stores them: the fields
+// initscope._decode.columns decodes from kernel rows and the history's table that
+// initscope._steptable.table_of computes from them, in one call instead of ~80 numpy operations
+// (~0.8 ms a transformer step, most of it in cold caches after the backward pass). Each value is
+// computed by the same operations in the same order as there, so the bits are the same (the
+// tests compare the two); nothing here is contracted into an FMA (no FMA target).
+//   rows: the slab rows wanted, in order (their counts rows carry the kMeta columns);
+//   norm[f], sub[f]: octave bins 1..k of the exponent histogram hold the nonzero values below
+//     format f's smallest normal (k = norm[f]) and subnormal (k = sub[f]; sub[f] < 0: the row's
+//     count of values below 2^-129 instead).
+// Returns m4 [m, 4] (mean, M2, min, max), ints [m, 5] (zeros, NaN, +inf, -inf, saturated or 0),
+// hist [m, 258] and fmt [m, F, 3] (below normal, flushed, overflowing) as int64, and the table
+// [m, 12] in initscope._steptable.STATS order.
+std::vector<at::Tensor> step_table(const at::Tensor& scal, const at::Tensor& counts, const at::Tensor& nonzero,
+                                   std::vector<int64_t> rows, std::vector<int64_t> norm, std::vector<int64_t> sub) {
+  TORCH_CHECK(scal.scalar_type() == at::kDouble && scal.is_contiguous() && scal.dim() == 2 && scal.size(1) == 5 &&
+                  counts.scalar_type() == at::kLong && counts.is_contiguous() && counts.dim() == 2 &&
+                  counts.size(1) == kCounts + kMeta && nonzero.scalar_type() == at::kLong && nonzero.is_contiguous() &&
+                  int64_t(norm.size()) == kFormats && int64_t(sub.size()) == kFormats,
+              "step_table: slab buffers of the wrong type or shape");
+  const int64_t m = int64_t(rows.size()), width = counts.size(1), nz_size = nonzero.numel();
+  constexpr int64_t kBins = kExp + 2;  // zeros, subnormal, 254 octaves, >= 2^128, nonfinite
+  constexpr int kStats = 12;
+  auto f64 = at::TensorOptions().dtype(at::kDouble), i64 = at::TensorOptions().dtype(at::kLong);
+  at::Tensor m4 = at::empty({m, 4}, f64), ints = at::empty({m, 5}, i64), hist = at::empty({m, kBins}, i64);
+  at::Tensor fmt = at::empty({m, kFormats, 3}, i64), table = at::empty({m, kStats}, f64);
+  const double* sc_all = scal.data_ptr<double>();
+  const int64_t* cnt_all = counts.data_ptr<int64_t>();
+  const int64_t* nz_all = nonzero.data_ptr<int64_t>();
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (int64_t i = 0; i < m; ++i) {
+    const int64_t r = rows[i];
+    TORCH_CHECK(r >= 0 && r < scal.size(0) && r < counts.size(0), "step_table: row ", r, " out of range");
+    const double* sc = sc_all + r * 5;
+    const int64_t* c = cnt_all + r * width;
+    const int64_t n = c[kCounts], offset = c[kCounts + 1], units = c[kCounts + 2], flags = c[kCounts + 3];
+    TORCH_CHECK(offset >= 0 && units >= 1 && offset + units <= nz_size, "step_table: row ", r, " has no nonzero slots");
+    const int64_t* nz = nz_all + offset;
+    int64_t nonzero_n = 0, dead = 0;
+    for (int64_t u = 0; u < units; ++u) nonzero_n += nz[u], dead += nz[u] == 0;
+    const int64_t zeros = n - nonzero_n, subnormal = c[0] - zeros;
+    const int64_t nan_n = c[kExp + 1 + kFormats], posinf = c[kExp + 2 + kFormats], neginf = c[kExp + 3 + kFormats];
+    const bool has_band = flags & kHasBand;
+    const int64_t sat = has_band ? int64_t(std::nearbyint(sc[4])) : 0;
+    double* mo = m4.data_ptr<double>() + i * 4;
+    mo[0] = sc[0], mo[1] = sc[1] * double(n), mo[2] = sc[2], mo[3] = sc[3];
+    int64_t* in = ints.data_ptr<int64_t>() + i * 5;
+    in[0] = zeros, in[1] = nan_n, in[2] = posinf, in[3] = neginf, in[4] = sat;
+    int64_t* h = hist.data_ptr<int64_t>() + i * kBins;
+    h[0] = zeros, h[1] = subnormal;
+    std::copy(c + 1, c + kExp - 1, h + 2);
+    h[kExp] = 0, h[kExp + 1] = nan_n + posinf + neginf;
+    int64_t* fm = fmt.data_ptr<int64_t>() + i * kFormats * 3;
+    for (int f = 0; f < kFormats; ++f) {
+      int64_t below = subnormal, flushed = subnormal;
+      for (int64_t b = 1; b <= std::max(norm[f], sub[f]); ++b) {
+        if (b <= norm[f]) below += c[b];
+        if (b <= sub[f]) flushed += c[b];
+      }
+      fm[f * 3] = below, fm[f * 3 + 1] = sub[f] >= 0 ? flushed : c[kExp], fm[f * 3 + 2] = c[kExp + 1 + f];
+    }
+    // the table, as table_of: fractions of the count (NaN without values), std from M2 / count
+    const double cn = double(n);
+    auto frac = [&](double v) { return n > 0 ? v / cn : nan; };
+    const double var = frac(mo[1]);
+    double* t = table.data_ptr<double>() + i * kStats;
+    t[0] = mo[0], t[1] = var >= 0 ? std::sqrt(var) : nan, t[2] = mo[2], t[3] = mo[3];
+    t[4] = frac(double(zeros)), t[5] = double(nan_n + posinf + neginf);
+    t[6] = flags & kHasUnits ? double(dead) / double(units) : nan;
+    t[7] = has_band && n > 0 ? double(sat) / double(n) : nan;
+    t[8] = frac(double(fm[0])), t[9] = frac(double(fm[3])), t[10] = frac(double(fm[2])), t[11] = frac(double(fm[5]));
+  }
+  return {m4, ints, hist, fmt, table};
+}
+
 // The vector code path in use ("avx512", "avx2" or "generic"). level >= 0 asks for that path
 // (0 generic, 1 AVX2, 2 AVX-512), capped at what the CPU has: for tests, which check that every
 // path gives the same bits.
@@ -841,6 +944,8 @@ int64_t set_max_parts(int64_t n) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fused_stats", &fused_stats, "initscope: one-pass tensor statistics (float32, CPU), into buffers");
+  m.def("fused_stats_many", &fused_stats_many, "initscope: fused_stats of many tensors (no units, no band)");
+  m.def("step_table", &step_table, "initscope: a recorded step's slab rows decoded, with their history table");
   m.def("set_max_parts", &set_max_parts, "initscope: cap on the parts (threads) of a call; 0 none (tests)");
   m.def("set_isa", &set_isa, "initscope: the vector code path in use; level >= 0 picks one (tests)");
 }

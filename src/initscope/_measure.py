@@ -43,6 +43,10 @@ _FMT = _format_table()
 #: Per format, the float32 bit pattern of the overflow edge (the first fine code past the max):
 #: a finite |x| whose bits are at least this overflows the format.
 _EDGE_BITS = [int(c) << 20 for c in _FMT[:, 2]]
+#: Per format, the exponent bins 1..k (of the kernel's histogram of |x|) below its smallest normal
+#: and subnormal; -1 where that is below 2^-126 (then the values under 2^-129 are the ones flushed).
+_NORM_BINS = [int(v) + 126 for v in _FMT[:, 0]]
+_SUB_BINS = [int(v) + 126 if v >= -126 else -1 for v in _FMT[:, 1]]
 
 
 class _Pending:

@@ -95,6 +95,9 @@ def _build() -> object:
 #: Width of a counts row (see ``_fused_stats.cpp``): 256 exponent bins of |x|, values below
 #: 2^-129, one overflow count per format (4), NaN, +inf and -inf.
 COUNTS = 256 + 1 + 4 + 3
+#: Columns a slab's counts row has after those: the kernel's own description of the row (value
+#: count, offset and width of its nonzero counts, flags: 1 units, 2 band), read by step_table.
+META = 4
 
 
 class Slab:
@@ -110,15 +113,15 @@ class Slab:
 
     def __init__(self, rows: int = 256, values: int = 1 << 14) -> None:
         self.scal = torch.empty(rows, 5, dtype=torch.float64)
-        self.counts = torch.empty(rows, COUNTS, dtype=torch.int64)
+        self.counts = torch.empty(rows, COUNTS + META, dtype=torch.int64)
         self.nonzero = torch.empty(values, dtype=torch.int64)
         self.rows = self.used = 0
         self._capacity = (rows, values)  # plain ints: len() of a tensor costs a hook ~0.4 us
 
-    def reserve(self, width: int) -> tuple[int, int]:
-        """A free row and ``width`` free nonzero slots: (row, offset)."""
+    def reserve(self, width: int, count: int = 1) -> tuple[int, int]:
+        """``count`` free rows and ``width`` free nonzero slots: (first row, offset)."""
         rows, values = self._capacity
-        if self.rows == rows:
+        while self.rows + count > rows:
             self.scal = torch.cat([self.scal, torch.empty_like(self.scal)])
             self.counts = torch.cat([self.counts, torch.empty_like(self.counts)])
             rows *= 2
@@ -128,8 +131,12 @@ class Slab:
             grown[:self.used] = self.nonzero[:self.used]
             self.nonzero = grown
         self._capacity = (rows, values)
-        self.rows, self.used = self.rows + 1, self.used + width
-        return self.rows - 1, self.used - width
+        self.rows, self.used = self.rows + count, self.used + width
+        return self.rows - count, self.used - width
+
+    def release(self, count: int) -> None:
+        """Give back the last ``count`` rows reserved, one nonzero slot each."""
+        self.rows, self.used = self.rows - count, self.used - count
 
     def read(self, slots: list[tuple[int, int, int]]):
         """(scalars [n, 5], counts [n, COUNTS], nonzero counts) of the (row, offset, width) slots,
@@ -139,13 +146,28 @@ class Slab:
         rows = slice(0, n) if n and n == self.rows and slots[0][0] == 0 and slots[-1][0] == n - 1 \
             else [r for r, _, _ in slots]
         nonzero = self.nonzero.numpy()[:self.used].copy()
-        scal, counts = self.scal.numpy()[rows], self.counts.numpy()[rows]
+        scal, counts = self.scal.numpy()[rows], self.counts.numpy()[rows, :COUNTS]
         if isinstance(rows, slice):
             scal, counts = scal.copy(), counts.copy()
         return scal, counts, [nonzero[o:o + w] for _, o, w in slots]
 
+    def table(self, ext: object, rows: list[int], norm: list[int], sub: list[int]) -> tuple:
+        """The slab ``rows`` of a recorded step as :func:`initscope._steptable.step_arrays` gives
+        them: (count, (mean, M2, min, max), (zeros, NaN, +inf, -inf, saturated or 0), whether
+        saturation is counted, histograms, format counts, per-unit nonzero counts or None, the
+        history's table), decoded by the extension in one call (the same bits). ``norm`` and
+        ``sub``: per format, the exponent bins 1..k below its smallest normal and subnormal (-1:
+        the values below 2^-129 are the ones it flushes)."""
+        m4, ints, hist, fmt, table = ext.step_table(self.scal, self.counts, self.nonzero, rows, norm, sub)
+        meta = self.counts.numpy()[rows, COUNTS:]  # value count, offset, width, flags
+        nonzero = self.nonzero.numpy()[:self.used].copy()
+        units = [nonzero[o:o + w] if f & 1 else None for o, w, f in meta[:, 1:].tolist()]
+        return (meta[:, 0], m4.numpy(), ints.numpy(), (meta[:, 3] & 2) != 0, hist.numpy(), fmt.numpy(), units,
+                table.numpy())
+
     def clear(self) -> None:
         self.rows = self.used = 0
+
 
 
 def fused(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | None, level: float,
@@ -180,6 +202,17 @@ def measure_into(ext: object, x: torch.Tensor, unit_dim: int | None, band: tuple
     ext.fused_stats(flat, units, inner, band is not None, centre, level * half, edges, True,
                     slab.scal, slab.counts, slab.nonzero, row, offset)
     return row, offset, width
+
+
+def measure_many(ext: object, xs: list[torch.Tensor], edges: list[int], slab: Slab) -> list[tuple[int, int, int] | None]:
+    """:func:`measure_into` of many tensors without units or band in one call of the extension:
+    per tensor its (row, offset, width) in ``slab``, or None where it is not a float32 CPU tensor
+    with values and no gaps in memory (measure those another way)."""
+    row, offset = slab.reserve(len(xs), len(xs))
+    rows = ext.fused_stats_many(xs, edges, True, slab.scal, slab.counts, slab.nonzero, row, offset)
+    done = len(xs) - rows.count(-1)
+    slab.release(len(xs) - done)  # the rows the kernel took are the first ones reserved
+    return [None if r < 0 else (r, offset + r - row, 1) for r in rows]
 
 
 def _layout(x: torch.Tensor, unit_dim: int | None) -> tuple[torch.Tensor | None, int, int]:

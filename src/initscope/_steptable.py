@@ -9,7 +9,7 @@ import numpy as np
 from initscope._decode import Columns
 from initscope.stats import FORMATS, Stats
 
-__all__ = ["STATS", "arrays_of", "decode_fields", "step_arrays", "table_of"]
+__all__ = ["STATS", "arrays_of", "decode_fields", "table_of"]
 
 
 def _fp(fmt: str, kind: str):
@@ -64,20 +64,6 @@ def decode_fields(c: Columns, sel: list[int]) -> list[tuple]:
     return [(int(c.count[i]), float(c.mean[i]), float(c.m2[i]), float(c.lo[i]), float(c.hi[i]), int(c.zeros[i]),
              int(c.nan[i]), int(c.posinf[i]), int(c.neginf[i]), c.hist[i], c.fmt[i], c.units[i],
              int(c.sat[i]) if c.has_sat[i] else None) for i in sel]
-
-
-def step_arrays(c: Columns, sel: list[int]) -> tuple:
-    """The rows ``sel`` of decoded arrays as :func:`arrays_of` gives them, and their table."""
-    if len(sel) == len(c.count) and (not sel or sel[-1] == len(sel) - 1):  # every row, in order: no copies
-        ix, units = slice(None), c.units
-    else:
-        ix, units = np.array(sel, np.intp), [c.units[i] for i in sel]
-    count, has = c.count[ix], c.has_sat[ix]
-    sat = np.where(has, c.sat[ix], 0).astype(np.int64)
-    ints = np.stack([c.zeros[ix], c.nan[ix], c.posinf[ix], c.neginf[ix], sat], axis=1)
-    m = np.stack([c.mean[ix], c.m2[ix], c.lo[ix], c.hi[ix]], axis=1)
-    hist, fmt = c.hist[ix], c.fmt[ix]
-    return count, m, ints, has, hist, fmt, units, table_of(count, m, ints, has, fmt, units)
 
 
 def _dead_fractions(units: list[np.ndarray | None]) -> np.ndarray:

@@ -47,7 +47,7 @@ from torch import nn
 from initscope import distributed
 from initscope import _validate as check
 from initscope._merged import MergedStats
-from initscope._steptable import STATS, arrays_of, decode_fields, step_arrays, table_of
+from initscope._steptable import STATS, arrays_of, decode_fields, table_of
 from initscope.diagnose import Finding, diagnose_run
 from initscope.errors import ArgumentError
 from initscope.probe import (LayerRecord, ModuleSelection, OutputRecord, ParamRecord, Tap, Trace, measured_params,
@@ -161,13 +161,16 @@ class Recorder:
     def _take_params(self) -> None:
         """The parameters measured, and whether any is a DTensor (whose steps take the Stats path)."""
         self._params = measured_params(self.model)
+        self._value_keys, self._values = [("value", n) for n, _ in self._params], [p for _, p in self._params]
         self._any_dtensor = any(distributed.is_dtensor(p) for _, p in self._params)
 
     def _measure_values(self) -> None:
         """Queue the parameters' values, as the step starts."""
-        acc = self._acc
-        for name, p in self._params:
-            acc.add(("value", name), distributed.local(p))
+        if self._any_dtensor:
+            for name, p in self._params:
+                self._acc.add(("value", name), distributed.local(p))
+        else:
+            self._acc.add_many(self._value_keys, self._values)
 
     def _disarm(self) -> None:
         hooks, self._param_hooks = self._param_hooks, []
@@ -206,22 +209,19 @@ class Recorder:
         """The step stored from the statistics as arrays, without a Stats per tensor; False (and
         nothing done) unless every tensor went through the fused kernel, one per history key, and
         no parameter is a DTensor (their gradients are added at the flush)."""
-        if self._any_dtensor:
+        keys = None if self._any_dtensor else tap.acc.fused_keys()
+        if keys is None:
             return False
-        got = tap.acc.to_columns()
-        if got is None:
-            return False
-        keys, c = got
         sel, hkeys, repeated = self._selection(tap, keys)
         if repeated:  # several tensors under one key: merged as Stats
-            fields = decode_fields(c, sel)
+            fields = decode_fields(tap.acc.to_columns()[1], sel)
             per: dict[tuple[str, str], Stats] = {}
             for k, f in zip(hkeys, fields):
                 s = Stats._of(f)
                 per[k] = per[k].merge(s) if k in per else s
             self._store(per)
             return True
-        count, m, ints, has, hist, fmt, units, values = step_arrays(c, sel)
+        count, m, ints, has, hist, fmt, units, values = tap.acc.to_table(sel)
         hists = {k: hist[j] for j, k in enumerate(hkeys) if k[1] in ("forward", "backward")}
         self._merged.add_arrays(hkeys, count, m, ints, has, hist, fmt, units)
         self._keep(_Step(self._step, hkeys, values, int(np.count_nonzero(values == values)), hists, count))

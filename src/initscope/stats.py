@@ -46,7 +46,7 @@ import torch
 
 from initscope import _native
 from initscope._decode import Columns, columns, decode, transfer
-from initscope._measure import _EDGE_BITS, FORMATS, HIST_EXPONENTS, SATURATION_LEVEL, _measure, _Pending
+from initscope._measure import _EDGE_BITS, _NORM_BINS, _SUB_BINS, FORMATS, HIST_EXPONENTS, SATURATION_LEVEL, _measure, _Pending
 from initscope.errors import ShapeError
 
 __all__ = ["FORMATS", "HIST_EXPONENTS", "SATURATION_LEVEL", "Stats", "StatsAccumulator", "tensor_stats"]
@@ -295,6 +295,24 @@ class StatsAccumulator:
         self._others += pending.slot is None  # a copy of memory with gaps still writes a slab row
         self._items.append((key, pending))
 
+    def add_many(self, keys: list[Hashable], xs: list[torch.Tensor]) -> None:
+        """:meth:`add` of each tensor under its key (no units, no band): where the fused kernel is
+        on, the contiguous float32 CPU tensors in one call of it (a parameter's value through
+        :meth:`add` costs a hook's few microseconds of Python, ~50 of them a step)."""
+        ext = self._ext
+        if ext is _UNSET:
+            ext = self._ext = None if _native.disabled() else _native.load()
+        slots = [None] * len(xs)
+        if ext is not None and xs:
+            if self._slab is None:
+                self._slab = _native.Slab()
+            slots = _native.measure_many(ext, xs, _EDGE_BITS, self._slab)
+        for key, x, slot in zip(keys, xs, slots):
+            if slot is None:
+                self.add(key, x)
+            else:
+                self._items.append((key, _Pending(None, x.numel(), None, False, True, slot=slot)))
+
     def _slab_row(self, key: Hashable, x: torch.Tensor, unit_dim: int | None,
                   saturation: tuple[float, float] | None) -> bool:
         """:meth:`add` for a float32 CPU tensor whose memory has no gaps, in the fewest steps (a
@@ -344,6 +362,21 @@ class StatsAccumulator:
             for arena in self._arenas.values():
                 arena.reset()
         return [(key, done[i]) for i, (key, _) in enumerate(items)]
+
+    def fused_keys(self) -> list | None:
+        """The keys queued, in order, where every tensor went through the fused kernel; else None."""
+        return [k for k, _ in self._items] if self._items and not self._others else None
+
+    def to_table(self, sel: list[int]) -> tuple:
+        """The queued tensors ``sel`` (every one a slab row: see :meth:`fused_keys`) as
+        :func:`initscope._steptable.step_arrays` gives them, with the history's table, decoded by
+        the kernel's extension in one call; then clear."""
+        items = self._items
+        try:
+            return self._slab.table(_native.load(), [items[i][1].slot[0] for i in sel], _NORM_BINS, _SUB_BINS)
+        finally:
+            self._items, self._ext, self._others = [], _UNSET, 0
+            self._slab.clear()
 
     def to_columns(self) -> tuple[list, Columns] | None:
         """Like :meth:`to_host`, as arrays (keys, one row per key) without a Stats per tensor:
