@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from initscope import _native
-from initscope._decode import columns
+from initscope import _decode
 from initscope._steptable import table_of
 from initscope.recorder import Recorder
 from initscope.stats import StatsAccumulator
@@ -154,7 +154,7 @@ def test_step_table_gives_the_numpy_decode_bits():
         acc.add(i, x, unit_dim=unit_dim, saturation=band)
     assert acc.fused_keys() == list(range(len(cases)))
     group = [p for _, p in acc._items]
-    c = columns(*acc._slab.read([p.slot for p in group]), group)
+    c = _decode.columns(*acc._slab.read([p.slot for p in group]), group)
     sel = [6, 2, 0, 5, 3, 1, 4]
     count, m, ints, has, hist, fmt, units, table = acc.to_table(sel)
     ix = np.array(sel)

@@ -152,14 +152,15 @@ class Slab:
         return scal, counts, [nonzero[o:o + w] for _, o, w in slots]
 
     def table(self, ext: object, rows: list[int], norm: list[int], sub: list[int]) -> tuple:
-        """The slab ``rows`` of a recorded step as :func:`initscope._steptable.step_arrays` gives
-        them: (count, (mean, M2, min, max), (zeros, NaN, +inf, -inf, saturated or 0), whether
-        saturation is counted, histograms, format counts, per-unit nonzero counts or None, the
-        history's table), decoded by the extension in one call (the same bits). ``norm`` and
-        ``sub``: per format, the exponent bins 1..k below its smallest normal and subnormal (-1:
-        the values below 2^-129 are the ones it flushes)."""
+        """The slab ``rows`` of a recorded step, decoded by the extension in one call: (count,
+        (mean, M2, min, max), (zeros, NaN, +inf, -inf, saturated or 0), whether saturation is
+        counted, histograms, format counts, per-unit nonzero counts or None) as
+        :func:`initscope._steptable.arrays_of` gives them for Stats, and the history's table as
+        :func:`initscope._steptable.table_of` computes it; the bits of :func:`initscope._decode.columns`
+        and ``table_of``. ``norm`` and ``sub``: per format, the exponent bins 1..k below its
+        smallest normal and subnormal (-1: the values below 2^-129 are the ones it flushes)."""
         m4, ints, hist, fmt, table = ext.step_table(self.scal, self.counts, self.nonzero, rows, norm, sub)
-        meta = self.counts.numpy()[rows, COUNTS:]  # value count, offset, width, flags
+        meta = self.counts.numpy()[rows, COUNTS:]  # (a copy) value count, offset, width, flags
         nonzero = self.nonzero.numpy()[:self.used].copy()
         units = [nonzero[o:o + w] if f & 1 else None for o, w, f in meta[:, 1:].tolist()]
         return (meta[:, 0], m4.numpy(), ints.numpy(), (meta[:, 3] & 2) != 0, hist.numpy(), fmt.numpy(), units,
@@ -167,7 +168,6 @@ class Slab:
 
     def clear(self) -> None:
         self.rows = self.used = 0
-
 
 
 def fused(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | None, level: float,
@@ -204,7 +204,8 @@ def measure_into(ext: object, x: torch.Tensor, unit_dim: int | None, band: tuple
     return row, offset, width
 
 
-def measure_many(ext: object, xs: list[torch.Tensor], edges: list[int], slab: Slab) -> list[tuple[int, int, int] | None]:
+def measure_many(ext: object, xs: list[torch.Tensor], edges: list[int],
+                 slab: Slab) -> list[tuple[int, int, int] | None]:
     """:func:`measure_into` of many tensors without units or band in one call of the extension:
     per tensor its (row, offset, width) in ``slab``, or None where it is not a float32 CPU tensor
     with values and no gaps in memory (measure those another way)."""

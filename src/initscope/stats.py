@@ -46,7 +46,8 @@ import torch
 
 from initscope import _native
 from initscope._decode import Columns, columns, decode, transfer
-from initscope._measure import _EDGE_BITS, _NORM_BINS, _SUB_BINS, FORMATS, HIST_EXPONENTS, SATURATION_LEVEL, _measure, _Pending
+from initscope._measure import (_EDGE_BITS, _NORM_BINS, _SUB_BINS, FORMATS, HIST_EXPONENTS, SATURATION_LEVEL,
+                                _measure, _Pending)
 from initscope.errors import ShapeError
 
 __all__ = ["FORMATS", "HIST_EXPONENTS", "SATURATION_LEVEL", "Stats", "StatsAccumulator", "tensor_stats"]
@@ -368,9 +369,9 @@ class StatsAccumulator:
         return [k for k, _ in self._items] if self._items and not self._others else None
 
     def to_table(self, sel: list[int]) -> tuple:
-        """The queued tensors ``sel`` (every one a slab row: see :meth:`fused_keys`) as
-        :func:`initscope._steptable.step_arrays` gives them, with the history's table, decoded by
-        the kernel's extension in one call; then clear."""
+        """The queued tensors ``sel`` (every one a slab row: see :meth:`fused_keys`) as arrays, with
+        the history's table, decoded by the kernel's extension in one call (see
+        :meth:`initscope._native.Slab.table`); then clear."""
         items = self._items
         try:
             return self._slab.table(_native.load(), [items[i][1].slot[0] for i in sel], _NORM_BINS, _SUB_BINS)
