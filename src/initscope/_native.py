@@ -134,9 +134,9 @@ class Slab:
         self.rows, self.used = self.rows + count, self.used + width
         return self.rows - count, self.used - width
 
-    def release(self, count: int) -> None:
-        """Give back the last ``count`` rows reserved, one nonzero slot each."""
-        self.rows, self.used = self.rows - count, self.used - count
+    def release(self, count: int, width: int | None = None) -> None:
+        """Give back the last ``count`` rows reserved and ``width`` nonzero slots (one a row by default)."""
+        self.rows, self.used = self.rows - count, self.used - (count if width is None else width)
 
     def read(self, slots: list[tuple[int, int, int]]):
         """(scalars [n, 5], counts [n, COUNTS], nonzero counts) of the (row, offset, width) slots,
