@@ -195,3 +195,18 @@ def test_add_many_gives_what_add_gives():
                 np.testing.assert_array_equal(u, v)
             else:
                 assert u == v or (u != u and v != v), (i, f.name)
+
+
+@pytest.mark.gpu
+def test_add_many_on_a_gpu_gives_what_add_gives():
+    """Parameter values on a GPU go through add() one by one (the CPU kernel is not loaded for
+    them): the same Stats as add(), bit for bit."""
+    xs = [torch.randn(6, 4, device="cuda"), torch.randn(7, device="cuda"), torch.randn(3, 5, device="cuda").t()]
+    one, many = StatsAccumulator(), StatsAccumulator()
+    for i, x in enumerate(xs):
+        one.add(i, x)
+    many.add_many(list(range(len(xs))), xs)
+    assert many._slab is None  # nothing of the CPU kernel's
+    for (i, a), (j, b) in zip(one.to_host(), many.to_host()):
+        assert i == j and a.count == b.count and a.hist.tolist() == b.hist.tolist()
+        assert (a.mean, a.m2, a.min, a.max) == (b.mean, b.m2, b.min, b.max)

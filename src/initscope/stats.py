@@ -300,11 +300,15 @@ class StatsAccumulator:
         """:meth:`add` of each tensor under its key (no units, no band): where the fused kernel is
         on, the contiguous float32 CPU tensors in one call of it (a parameter's value through
         :meth:`add` costs a hook's few microseconds of Python, ~50 of them a step)."""
+        if not xs or not xs[0].is_cpu:  # a model on a GPU: the CPU kernel is not even loaded
+            for key, x in zip(keys, xs):
+                self.add(key, x)
+            return
         ext = self._ext
         if ext is _UNSET:
             ext = self._ext = None if _native.disabled() else _native.load()
         slots = [None] * len(xs)
-        if ext is not None and xs:
+        if ext is not None:
             if self._slab is None:
                 self._slab = _native.Slab()
             slots = _native.measure_many(ext, xs, _EDGE_BITS, self._slab)
