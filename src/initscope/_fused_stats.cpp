@@ -835,34 +835,54 @@ void fused_stats(const at::Tensor& x, int64_t units, int64_t inner, bool band, d
 }
 
 // StatsAccumulator.add's usual case in one call: x a float32 CPU tensor with values whose
-// memory is contiguous, measured into slab row `row` and nonzero slots from `offset`, with its
-// units found here (unit_dim, counted from the end when negative, ignored below 2 dimensions: the
-// size of that dimension, and the product of the ones after it). Measured in a training step, a
-// hook's every Python operation meets cold caches (an add cost ~10-17 us of Python there against
-// ~1.6 us hot), so the checks and the layout are made here rather than by a dozen tensor attribute
-// reads. Returns (values, nonzero slots used, units or -1 for none); slots 0: not such a tensor,
-// nothing done (the caller takes its general path); slots < 0: the nonzero buffer needs that many
-// free slots from offset (the caller grows it and calls again).
-std::tuple<int64_t, int64_t, int64_t> measure_row(const at::Tensor& x, c10::optional<int64_t> unit_dim, bool band,
-                                                  double centre, double threshold,
-                                                  const std::vector<int64_t>& edge_bits, at::Tensor& scal_out,
-                                                  at::Tensor& counts_out, at::Tensor& nonzero_out, int64_t row,
-                                                  int64_t offset) {
+// memory has no gaps (any order of the dimensions, read in memory order as _native._layout does), measured into the slab's next row and nonzero slots (cursor: int64
+// [rows in use, slots in use], advanced here), with its units found here (unit_dim, counted from
+// the end when negative, ignored below 2 dimensions: the size of that dimension, and the product
+// of the ones after it). Measured in a training step, each Python operation of a hook meets caches
+// the step has made cold (an add cost ~10-17 us of Python there against ~1.6 us hot), so the
+// checks, the layout and the slab's bookkeeping are made here rather than by a dozen tensor
+// attribute reads. Returns (values, nonzero slots used, units or -1 for none, row, offset); slots
+// 0: not such a tensor, nothing done (the caller takes its general path); slots < 0: the buffers
+// need room for a row of that many slots (the caller grows them and calls again).
+std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t> measure_row(
+    const at::Tensor& x, c10::optional<int64_t> unit_dim, bool band, double centre, double threshold,
+    const std::vector<int64_t>& edge_bits, at::Tensor& scal_out, at::Tensor& counts_out, at::Tensor& nonzero_out,
+    at::Tensor& cursor) {
+  TORCH_CHECK(cursor.scalar_type() == at::kLong && cursor.is_contiguous() && cursor.numel() == 2,
+              "measure_row: the cursor is int64 [rows, slots]");
   const int64_t n = x.numel();
-  if (x.layout() != c10::kStrided || !x.device().is_cpu() || x.scalar_type() != at::kFloat || !n || !x.is_contiguous())
-    return {n, 0, -1};
-  int64_t units = 0, inner = 0;
+  if (x.layout() != c10::kStrided || !x.device().is_cpu() || x.scalar_type() != at::kFloat || !n)
+    return {n, 0, -1, 0, 0};
+  // memory order: the dimensions by decreasing stride (a stable sort, as initscope._native._layout)
   const int64_t dims = x.dim();
+  at::Tensor flat = x;
+  if (!x.is_contiguous()) {
+    std::vector<int64_t> order(dims);
+    for (int64_t k = 0; k < dims; ++k) order[k] = k;
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return x.stride(a) > x.stride(b); });
+    at::NoGradGuard no_grad;  // a view for reading, not for autograd
+    flat = x.permute(order);
+    if (!flat.is_contiguous()) return {n, 0, -1, 0, 0};  // memory with gaps: the caller copies it
+  }
+  int64_t units = 0, inner = 0;
   if (unit_dim.has_value() && dims >= 2) {
     const int64_t d = ((*unit_dim % dims) + dims) % dims;  // Python's modulo
     units = x.size(d), inner = 1;
-    for (int64_t k = d + 1; k < dims; ++k) inner *= x.size(k);
+    if (x.is_contiguous()) {
+      for (int64_t k = d + 1; k < dims; ++k) inner *= x.size(k);
+    } else {
+      inner = units > 1 ? x.stride(d) : 1;  // in memory order, a unit's values come in runs of its stride
+    }
   }
   const int64_t width = std::max<int64_t>(units, 1);
-  if (offset + width > nonzero_out.numel()) return {n, -width, -1};
-  fused_stats(x, units, inner, band, centre, threshold, edge_bits, true, scal_out, counts_out, nonzero_out, row,
+  int64_t* cur = cursor.data_ptr<int64_t>();
+  const int64_t row = cur[0], offset = cur[1];
+  if (row >= scal_out.size(0) || row >= counts_out.size(0) || offset + width > nonzero_out.numel())
+    return {n, -width, -1, 0, 0};
+  fused_stats(flat, units, inner, band, centre, threshold, edge_bits, true, scal_out, counts_out, nonzero_out, row,
               offset);
-  return {n, width, unit_dim.has_value() && dims >= 2 ? units : -1};
+  cur[0] = row + 1, cur[1] = offset + width;
+  return {n, width, unit_dim.has_value() && dims >= 2 ? units : -1, row, offset};
 }
 
 // fused_stats of many tensors in one call (no units, no band; the Recorder's parameter values,

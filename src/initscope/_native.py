@@ -115,24 +115,48 @@ class Slab:
         self.scal = torch.empty(rows, 5, dtype=torch.float64)
         self.counts = torch.empty(rows, COUNTS + META, dtype=torch.int64)
         self.nonzero = torch.empty(values, dtype=torch.int64)
-        self.rows = self.used = 0
+        # rows and nonzero slots in use, also advanced by the extension's measure_row
+        self.cursor = torch.zeros(2, dtype=torch.int64)
+        self._cursor = self.cursor.numpy()
         self._capacity = (rows, values)  # plain ints: len() of a tensor costs a hook ~0.4 us
+
+    @property
+    def rows(self) -> int:
+        return int(self._cursor[0])
+
+    @rows.setter
+    def rows(self, n: int) -> None:
+        self._cursor[0] = n
+
+    @property
+    def used(self) -> int:
+        return int(self._cursor[1])
+
+    @used.setter
+    def used(self, n: int) -> None:
+        self._cursor[1] = n
+
+    def make_room(self, width: int) -> None:
+        """Grow the buffers, where needed, for one more row of ``width`` nonzero slots."""
+        self.reserve(width)
+        self.release(1, width)
 
     def reserve(self, width: int, count: int = 1) -> tuple[int, int]:
         """``count`` free rows and ``width`` free nonzero slots: (first row, offset)."""
         rows, values = self._capacity
-        while self.rows + count > rows:
+        at, used = self.rows, self.used
+        while at + count > rows:
             self.scal = torch.cat([self.scal, torch.empty_like(self.scal)])
             self.counts = torch.cat([self.counts, torch.empty_like(self.counts)])
             rows *= 2
-        if self.used + width > values:
-            values = max(2 * values, self.used + width)
+        if used + width > values:
+            values = max(2 * values, used + width)
             grown = torch.empty(values, dtype=torch.int64)
-            grown[:self.used] = self.nonzero[:self.used]
+            grown[:used] = self.nonzero[:used]
             self.nonzero = grown
         self._capacity = (rows, values)
-        self.rows, self.used = self.rows + count, self.used + width
-        return self.rows - count, self.used - width
+        self.rows, self.used = at + count, used + width
+        return at, used
 
     def release(self, count: int, width: int | None = None) -> None:
         """Give back the last ``count`` rows reserved and ``width`` nonzero slots (one a row by default)."""

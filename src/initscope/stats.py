@@ -334,19 +334,15 @@ class StatsAccumulator:
             slab = self._slab = _native.Slab()
         band = saturation is not None
         centre, half = saturation if band else (0.0, 0.0)
-        row, offset = slab.reserve(0)
-        # contiguous memory: layout, checks and kernel in one call of the extension
-        n, width, units = ext.measure_row(x, unit_dim, band, centre, SATURATION_LEVEL * half, _EDGE_BITS, slab.scal,
-                                          slab.counts, slab.nonzero, row, offset)
-        if width < 0:  # the nonzero counts' buffer is full
-            slab.release(1, 0)
-            row, offset = slab.reserve(-width)
-            n, width, units = ext.measure_row(x, unit_dim, band, centre, SATURATION_LEVEL * half, _EDGE_BITS,
-                                              slab.scal, slab.counts, slab.nonzero, row, offset)
-        else:
-            slab.used += width
+        # contiguous memory: checks, layout, the slab's next row and the kernel in one call
+        n, width, units, row, offset = ext.measure_row(x, unit_dim, band, centre, SATURATION_LEVEL * half, _EDGE_BITS,
+                                                       slab.scal, slab.counts, slab.nonzero, slab.cursor)
+        if width < 0:  # the slab is full
+            slab.make_room(-width)
+            n, width, units, row, offset = ext.measure_row(x, unit_dim, band, centre, SATURATION_LEVEL * half,
+                                                           _EDGE_BITS, slab.scal, slab.counts, slab.nonzero,
+                                                           slab.cursor)
         if width == 0:  # not a contiguous float32 CPU tensor with values: a permuted view, maybe
-            slab.release(1, 0)
             if not n:
                 return False
             if x.dim() < 2:
