@@ -1,0 +1,91 @@
+"""Our own time inside a recorded training step (issue 16), by where it is spent: the
+``StatsAccumulator.add`` calls of the forward hooks, of the output-gradient hooks and of the
+parameter-gradient hooks (kernel included), the parameter values queued as the step starts, and
+the rest of ``Recorder.step()`` (the flush of the step's statistics).
+
+These are sums of time inside our functions, measured inside real steps, where a hook's Python
+and the kernel meet caches the step's GEMMs have just filled; they move far less than a whole
+step's wall time does on a shared box, so two versions of the code can be compared run against
+run. Run it from a checkout: it imports that checkout's ``src``.
+
+Usage:
+    python benchmarks/recorder_hooks.py [--models transformer,mlp,cnn] [--steps 40] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+from initscope import stats as S  # noqa: E402
+from initscope.recorder import Recorder  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("po", Path(__file__).with_name("probe_overhead.py"))
+po = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(po)
+_clock: dict[str, float] = {}
+
+
+def _timed_add(add):
+    def timed(self, key, *args, **kwargs):
+        t = time.perf_counter()
+        add(self, key, *args, **kwargs)
+        kind = key[0] if isinstance(key[0], str) else key[2]  # "value", "grad", or a Tap key's "fwd" / "bwd"
+        _clock[kind] = _clock.get(kind, 0.0) + time.perf_counter() - t
+    return timed
+
+
+def _timed_method(cls, name: str, label: str) -> None:
+    fn = getattr(cls, name)
+    def timed(self, *args, **kwargs):
+        t = time.perf_counter()
+        out = fn(self, *args, **kwargs)
+        _clock[label] = _clock.get(label, 0.0) + time.perf_counter() - t
+        return out
+    setattr(cls, name, timed)
+
+
+def bench(name: str, steps: int) -> str:
+    _, factory, shape = po.MODELS[name]
+    torch.manual_seed(0)
+    model, x = factory(), torch.randn(shape)
+    y = torch.randint(0, 10, shape[:2] if name == "transformer" else (shape[0],))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    per: list[dict[str, float]] = []
+    with Recorder(model, every=1) as rec:
+        for i in range(steps + 5):  # five steps of warm-up
+            _clock.clear()
+            po._step(model, opt, x, y)
+            rec.step()
+            if i >= 5:
+                per.append(dict(_clock))
+    med = {k: statistics.median(p.get(k, 0.0) for p in per) * 1e6 for k in ("fwd", "bwd", "grad", "values", "step")}
+    return (f"{name:<12} add() in forward hooks {med['fwd']:6.0f} us | in output-gradient hooks {med['bwd']:6.0f} us | "
+            f"in parameter-gradient hooks {med['grad']:6.0f} us | values queued {med['values']:5.0f} us | "
+            f"Recorder.step() {med['step']:6.0f} us (values included)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="transformer,mlp,cnn")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    S.StatsAccumulator.add = _timed_add(S.StatsAccumulator.add)
+    _timed_method(Recorder, "_measure_values", "values")
+    _timed_method(Recorder, "step", "step")
+    print(f"torch {torch.__version__}, {args.threads} threads, {ROOT.name}: median over {args.steps} recorded steps")
+    for name in args.models.split(","):
+        print(bench(name, args.steps), flush=True)
+
+
+if __name__ == "__main__":
+    main()
