@@ -187,15 +187,20 @@ def _sync_check(model: nn.Module, opt, x, y) -> str:
 VARIANTS = ("plain", "record", "off-step", "naive hook")
 
 
-def bench(name: str, device: torch.device, repeats: int) -> dict[str, float]:
-    title, factory, shape = MODELS[name]
+def setup(name: str, device: torch.device = torch.device("cpu")) -> tuple:
+    """(model, batch, targets, SGD optimizer) of ``MODELS[name]``, seeded; the other benchmarks
+    of the Recorder build their steps here too."""
+    _, factory, shape = MODELS[name]
     torch.manual_seed(0)
     model = factory().to(device)
     x = torch.randn(shape, device=device)
-    y = torch.randint(0, 10, (shape[0],), device=device)
-    if name == "transformer":
-        y = torch.randint(0, 10, shape[:2], device=device)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    y = torch.randint(0, 10, shape[:2] if name == "transformer" else (shape[0],), device=device)
+    return model, x, y, torch.optim.SGD(model.parameters(), lr=1e-3)
+
+
+def bench(name: str, device: torch.device, repeats: int) -> dict[str, float]:
+    title = MODELS[name][0]
+    model, x, y, opt = setup(name, device)
     kept = Recorder(model, every=1).__enter__()
     for v in VARIANTS:  # warm-up: allocator, kernels, first-call caches
         for _ in range(2):

@@ -52,11 +52,7 @@ def _one(model, opt, x, y, rec) -> tuple[float, float, float, int, int]:
 
 
 def bench(name: str, reps: int) -> str:
-    _, factory, shape = po.MODELS[name]
-    torch.manual_seed(0)
-    model, x = factory(), torch.randn(shape)
-    y = torch.randint(0, 10, shape[:2] if name == "transformer" else (shape[0],))
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    model, x, y, opt = po.setup(name)
     rec = Recorder(model, every=1).__enter__()
     rec.step()
     plain, recd = [], []

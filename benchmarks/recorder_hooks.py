@@ -53,11 +53,7 @@ def _timed_method(cls, name: str, label: str) -> None:
 
 
 def bench(name: str, steps: int) -> str:
-    _, factory, shape = po.MODELS[name]
-    torch.manual_seed(0)
-    model, x = factory(), torch.randn(shape)
-    y = torch.randint(0, 10, shape[:2] if name == "transformer" else (shape[0],))
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    model, x, y, opt = po.setup(name)
     per: list[dict[str, float]] = []
     with Recorder(model, every=1) as rec:
         for i in range(steps + 5):  # five steps of warm-up
