@@ -228,6 +228,21 @@ def measure_into(ext: object, x: torch.Tensor, unit_dim: int | None, band: tuple
     return row, offset, width
 
 
+def measure_row(ext: object, x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | None,
+                level: float, edges: list[int], slab: Slab) -> tuple[int, int | None, tuple[int, int, int]] | None:
+    """:func:`measure_into` with the checks, the layout and the slab's next row made by the
+    extension, in one call (a hook's Python meets the cold caches of a training step): (values,
+    units or None, (row, offset, width)), or None where ``x`` is not a float32 CPU tensor with
+    values and no gaps in memory (nothing done)."""
+    centre, half = band if band is not None else (0.0, 0.0)
+    args = (x, unit_dim, band is not None, centre, level * half, edges)
+    n, width, units, row, offset = ext.measure_row(*args, slab.scal, slab.counts, slab.nonzero, slab.cursor)
+    if width < 0:  # the slab is full
+        slab.make_room(-width)
+        n, width, units, row, offset = ext.measure_row(*args, slab.scal, slab.counts, slab.nonzero, slab.cursor)
+    return None if width == 0 else (n, None if units < 0 else units, (row, offset, width))
+
+
 def measure_many(ext: object, xs: list[torch.Tensor], edges: list[int],
                  slab: Slab) -> list[tuple[int, int, int] | None]:
     """:func:`measure_into` of many tensors without units or band in one call of the extension:

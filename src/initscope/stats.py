@@ -298,25 +298,28 @@ class StatsAccumulator:
 
     def add_many(self, keys: list[Hashable], xs: list[torch.Tensor]) -> None:
         """:meth:`add` of each tensor under its key (no units, no band): where the fused kernel is
-        on, the contiguous float32 CPU tensors in one call of it (a parameter's value through
-        :meth:`add` costs a hook's few microseconds of Python, ~50 of them a step)."""
+        on, the float32 CPU tensors without gaps in memory in one call of it (a parameter's value
+        through :meth:`add` costs a hook's few microseconds of Python, ~50 of them a step)."""
         if not xs or not xs[0].is_cpu:  # a model on a GPU: the CPU kernel is not even loaded
             for key, x in zip(keys, xs):
                 self.add(key, x)
             return
-        ext = self._ext
-        if ext is _UNSET:
-            ext = self._ext = None if _native.disabled() else _native.load()
-        slots = [None] * len(xs)
-        if ext is not None:
-            if self._slab is None:
-                self._slab = _native.Slab()
-            slots = _native.measure_many(ext, xs, _EDGE_BITS, self._slab)
+        ext = self._fused()
+        slots = [None] * len(xs) if ext is None else _native.measure_many(ext, xs, _EDGE_BITS, self._slab)
         for key, x, slot in zip(keys, xs, slots):
             if slot is None:
                 self.add(key, x)
             else:
                 self._items.append((key, _Pending(None, x.numel(), None, False, True, slot=slot)))
+
+    def _fused(self) -> object | None:
+        """The fused kernel's extension (looked up once per batch), the slab made; None where it is off."""
+        ext = self._ext
+        if ext is _UNSET:
+            ext = self._ext = None if _native.disabled() else _native.load()
+        if ext is not None and self._slab is None:
+            self._slab = _native.Slab()
+        return ext
 
     def _slab_row(self, key: Hashable, x: torch.Tensor, unit_dim: int | None,
                   saturation: tuple[float, float] | None) -> bool:
@@ -324,37 +327,14 @@ class StatsAccumulator:
         hook's, ~150 hooks a step, where each Python operation meets caches the step has made cold):
         the fused kernel writes one slab row, no torch op runs on ``x``. False, and nothing done,
         where the kernel is off, ``x`` is empty or its memory has gaps."""
-        ext = self._ext
-        if ext is _UNSET:
-            ext = self._ext = None if _native.disabled() else _native.load()
+        ext = self._fused()
         if ext is None:
             return False
-        slab = self._slab
-        if slab is None:
-            slab = self._slab = _native.Slab()
-        band = saturation is not None
-        centre, half = saturation if band else (0.0, 0.0)
-        # contiguous memory: checks, layout, the slab's next row and the kernel in one call
-        n, width, units, row, offset = ext.measure_row(x, unit_dim, band, centre, SATURATION_LEVEL * half, _EDGE_BITS,
-                                                       slab.scal, slab.counts, slab.nonzero, slab.cursor)
-        if width < 0:  # the slab is full
-            slab.make_room(-width)
-            n, width, units, row, offset = ext.measure_row(x, unit_dim, band, centre, SATURATION_LEVEL * half,
-                                                           _EDGE_BITS, slab.scal, slab.counts, slab.nonzero,
-                                                           slab.cursor)
-        if width == 0:  # not a contiguous float32 CPU tensor with values: a permuted view, maybe
-            if not n:
-                return False
-            if x.dim() < 2:
-                unit_dim = None
-            slot = _native.measure_into(ext, x, unit_dim, saturation, SATURATION_LEVEL, _EDGE_BITS, slab)
-            if slot is None:
-                return False
-            units = -1 if unit_dim is None else x.shape[unit_dim]
-            n = x.numel()
-        else:
-            slot = (row, offset, width)
-        self._items.append((key, _Pending(None, n, None if units < 0 else units, band, True, slot=slot)))
+        got = _native.measure_row(ext, x, unit_dim, saturation, SATURATION_LEVEL, _EDGE_BITS, self._slab)
+        if got is None:
+            return False
+        n, units, slot = got
+        self._items.append((key, _Pending(None, n, units, saturation is not None, True, slot=slot)))
         return True
 
     def to_host(self) -> list[tuple[Hashable, Stats]]:
