@@ -886,23 +886,19 @@ std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t> measure_row(
   return {n, width, unit_dim.has_value() && dims >= 2 ? units : -1, row, offset};
 }
 
-// fused_stats of many tensors in one call (no units, no band; the Recorder's parameter values,
-// ~50 a step for a small transformer, each a few microseconds of Python through fused_stats):
-// the tensors that are contiguous float32 CPU tensors with values go to consecutive rows from
-// `row` and nonzero slots from `offset` (the caller has reserved one of each per tensor). Returns
-// per tensor its row, or -1 where it was skipped (the caller measures it another way).
-std::vector<int64_t> fused_stats_many(const std::vector<at::Tensor>& xs, std::vector<int64_t> edge_bits,
-                                      bool float32_moments, at::Tensor& scal_out, at::Tensor& counts_out,
-                                      at::Tensor& nonzero_out, int64_t row, int64_t offset) {
+// measure_row of many tensors in one call (no units, no band; the Recorder's parameter values,
+// ~50 a step for a small transformer, each a few microseconds of Python through add()). The
+// caller has made room for a row and a nonzero slot per tensor. Returns per tensor its row, or -1
+// where measure_row declined it (the caller measures it another way).
+std::vector<int64_t> fused_stats_many(const std::vector<at::Tensor>& xs, const std::vector<int64_t>& edge_bits,
+                                      at::Tensor& scal_out, at::Tensor& counts_out, at::Tensor& nonzero_out,
+                                      at::Tensor& cursor) {
   std::vector<int64_t> rows(xs.size(), -1);
   for (size_t i = 0; i < xs.size(); ++i) {
-    const at::Tensor& x = xs[i];
-    if (x.layout() != c10::kStrided || !x.device().is_cpu() || x.scalar_type() != at::kFloat || !x.is_contiguous() ||
-        x.numel() == 0)
-      continue;
-    fused_stats(x, 0, 1, false, 0.0, 0.0, edge_bits, float32_moments, scal_out, counts_out, nonzero_out, row, offset);
-    rows[i] = row++;
-    ++offset;
+    const auto got = measure_row(xs[i], c10::nullopt, false, 0.0, 0.0, edge_bits, scal_out, counts_out, nonzero_out,
+                                 cursor);
+    TORCH_CHECK(std::get<1>(got) >= 0, "fused_stats_many: the caller made no room for tensor ", i);
+    if (std::get<1>(got) > 0) rows[i] = std::get<3>(got);
   }
   return rows;
 }

@@ -136,10 +136,11 @@ class Slab:
     def used(self, n: int) -> None:
         self._cursor[1] = n
 
-    def make_room(self, width: int) -> None:
-        """Grow the buffers, where needed, for one more row of ``width`` nonzero slots."""
-        self.reserve(width)
-        self.release(1, width)
+    def make_room(self, width: int, count: int = 1) -> None:
+        """Grow the buffers, where needed, for ``count`` more rows and ``width`` nonzero slots."""
+        at, used = self.rows, self.used
+        self.reserve(width, count)
+        self.rows, self.used = at, used
 
     def reserve(self, width: int, count: int = 1) -> tuple[int, int]:
         """``count`` free rows and ``width`` free nonzero slots: (first row, offset)."""
@@ -157,10 +158,6 @@ class Slab:
         self._capacity = (rows, values)
         self.rows, self.used = at + count, used + width
         return at, used
-
-    def release(self, count: int, width: int | None = None) -> None:
-        """Give back the last ``count`` rows reserved and ``width`` nonzero slots (one a row by default)."""
-        self.rows, self.used = self.rows - count, self.used - (count if width is None else width)
 
     def read(self, slots: list[tuple[int, int, int]]):
         """(scalars [n, 5], counts [n, COUNTS], nonzero counts) of the (row, offset, width) slots,
@@ -245,14 +242,13 @@ def measure_row(ext: object, x: torch.Tensor, unit_dim: int | None, band: tuple[
 
 def measure_many(ext: object, xs: list[torch.Tensor], edges: list[int],
                  slab: Slab) -> list[tuple[int, int, int] | None]:
-    """:func:`measure_into` of many tensors without units or band in one call of the extension:
-    per tensor its (row, offset, width) in ``slab``, or None where it is not a float32 CPU tensor
-    with values and no gaps in memory (measure those another way)."""
-    row, offset = slab.reserve(len(xs), len(xs))
-    rows = ext.fused_stats_many(xs, edges, True, slab.scal, slab.counts, slab.nonzero, row, offset)
-    done = len(xs) - rows.count(-1)
-    slab.release(len(xs) - done)  # the rows the kernel took are the first ones reserved
-    return [None if r < 0 else (r, offset + r - row, 1) for r in rows]
+    """:func:`measure_row` of many tensors without units or band in one call of the extension:
+    per tensor its (row, offset, width) in ``slab``, or None where the extension declined it
+    (measure those another way)."""
+    slab.make_room(len(xs), len(xs))
+    row, offset = slab.rows, slab.used
+    rows = ext.fused_stats_many(xs, edges, slab.scal, slab.counts, slab.nonzero, slab.cursor)
+    return [None if r < 0 else (r, offset + r - row, 1) for r in rows]  # one slot a row, in order
 
 
 def _layout(x: torch.Tensor, unit_dim: int | None) -> tuple[torch.Tensor | None, int, int]:

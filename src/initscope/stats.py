@@ -376,8 +376,7 @@ class StatsAccumulator:
         try:
             return self._slab.table(_native.load(), [items[i][1].slot[0] for i in sel], _NORM_BINS, _SUB_BINS)
         finally:
-            self._items, self._ext, self._others = [], _UNSET, 0
-            self._slab.clear()
+            self.clear()
 
     def to_columns(self) -> tuple[list, Columns] | None:
         """Like :meth:`to_host`, as arrays (keys, one row per key) without a Stats per tensor:
@@ -387,8 +386,7 @@ class StatsAccumulator:
             return None
         group = [p for _, p in items]
         out = columns(*self._slab.read([p.slot for p in group]), group)
-        self._items, self._ext, self._others = [], _UNSET, 0
-        self._slab.clear()
+        self.clear()
         return [k for k, _ in items], out
 
 
