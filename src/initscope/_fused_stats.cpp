@@ -42,6 +42,8 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -718,9 +720,10 @@ void merge_counts(Counters& cn, int64_t units, int64_t* h, int64_t* nzc) {
 //     (nonzero), at or past each edge (finite), NaN, +inf, -inf;
 //   nonzero[offset, offset + max(units, 1)) (int64): nonzero counts per unit, or one total.
 //   where counts has kMeta more columns (the Recorder's slab): the value count, the offset and
-//     width of the nonzero counts, and flags (kHasUnits, kHasBand).
+//     width of the nonzero counts, flags (kHasUnits, kHasBand), and a tag the Sink writes (below).
 constexpr int64_t kCounts = kExp + 1 + kFormats + 3;
-constexpr int64_t kMeta = 4;
+constexpr int64_t kMeta = 5;
+constexpr int64_t kTag = kCounts + 4;
 constexpr int64_t kHasUnits = 1, kHasBand = 2;
 
 void fused_stats(const at::Tensor& x, int64_t units, int64_t inner, bool band, double centre,
@@ -814,6 +817,7 @@ void fused_stats(const at::Tensor& x, int64_t units, int64_t inner, bool band, d
   if (counts_out.size(1) == kCounts + kMeta) {  // the row's own description, for step_table
     h[kCounts] = n, h[kCounts + 1] = offset, h[kCounts + 2] = std::max<int64_t>(units, 1);
     h[kCounts + 3] = (units ? kHasUnits : 0) | (band ? kHasBand : 0);
+    h[kTag] = -1;  // a Sink's hook writes its tag after
   }
   const double nan = std::numeric_limits<double>::quiet_NaN();
   // Nonfinite data: the mean the sum gives (NaN, or the one infinity), and an undefined M2.
@@ -992,11 +996,142 @@ int64_t set_max_parts(int64_t n) {
   return g_max_parts;
 }
 
+// A StatsAccumulator's slab, owned here so that gradient hooks registered here can write into
+// it. Autograd calls such a hook in C++, with no Python between it and the kernel: through
+// Tensor.register_hook, Tap._grad and StatsAccumulator.add a gradient cost ~10-25 us of Python
+// in a training step (cold caches), ~80 of them a step for a small transformer. Each row carries
+// a tag (column kTag; -1 for rows Python writes and accounts for itself) naming its key, so that
+// Python can read the rows the hooks wrote, in the order of the slab's cursor. The buffers grow
+// here when full (doubling), so a hook never needs Python; Python reads them back through
+// buffers(). A hook registered on a non-leaf tensor holds the Sink and the generation it was
+// registered in; clear() starts a new generation and leaves the older hooks inert (Python's
+// equivalent removes its handles). Hooks on leaf tensors are not registered here: a C++ hook
+// on a leaf replaces the Python hooks already there (torch's create_cpp_hook clears them), so
+// parameters get a Python-callable writer (writer()) registered as an ordinary Python hook.
+struct Sink {
+  at::Tensor scal, counts, nonzero, cursor;
+  std::vector<int64_t> edges;
+  int64_t generation = 0;
+  std::mutex mu;
+
+  Sink(at::Tensor s, at::Tensor c, at::Tensor z, at::Tensor cur, std::vector<int64_t> e)
+      : scal(std::move(s)), counts(std::move(c)), nonzero(std::move(z)), cursor(std::move(cur)), edges(std::move(e)) {
+    TORCH_CHECK(counts.dim() == 2 && counts.size(1) == kCounts + kMeta && cursor.numel() == 2,
+                "Sink: a slab with the tag column and a cursor of [rows, slots]");
+  }
+
+  // room for `rows` more rows and `width` more nonzero slots past the cursor (the caller holds mu)
+  void grow_locked(int64_t rows, int64_t width) {
+    const int64_t* cur = cursor.data_ptr<int64_t>();
+    int64_t cap = scal.size(0);
+    while (cur[0] + rows > cap) cap *= 2;
+    if (cap != scal.size(0)) {
+      at::Tensor s = at::empty({cap, scal.size(1)}, scal.options()), c = at::empty({cap, counts.size(1)}, counts.options());
+      s.narrow(0, 0, scal.size(0)).copy_(scal);
+      c.narrow(0, 0, counts.size(0)).copy_(counts);
+      scal = s, counts = c;
+    }
+    if (cur[1] + width > nonzero.numel()) {
+      at::Tensor z = at::empty({std::max(2 * nonzero.numel(), cur[1] + width)}, nonzero.options());
+      z.narrow(0, 0, cur[1]).copy_(nonzero.narrow(0, 0, cur[1]));
+      nonzero = z;
+    }
+  }
+
+  // measure_row into the slab, growing it when full; the row tagged. (values, slots, units or -1,
+  // row, offset); slots 0: declined (nothing done).
+  std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t> measure_locked(const at::Tensor& x,
+                                                                         c10::optional<int64_t> unit_dim, bool band,
+                                                                         double centre, double threshold, int64_t tag) {
+    auto got = measure_row(x, unit_dim, band, centre, threshold, edges, scal, counts, nonzero, cursor);
+    if (std::get<1>(got) < 0) {
+      grow_locked(1, -std::get<1>(got));
+      got = measure_row(x, unit_dim, band, centre, threshold, edges, scal, counts, nonzero, cursor);
+    }
+    if (std::get<1>(got) > 0) counts.data_ptr<int64_t>()[std::get<3>(got) * counts.size(1) + kTag] = tag;
+    return got;
+  }
+
+  std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t> measure(const at::Tensor& x, c10::optional<int64_t> unit_dim,
+                                                                   bool band, double centre, double threshold) {
+    std::lock_guard<std::mutex> lock(mu);
+    return measure_locked(x, unit_dim, band, centre, threshold, -1);
+  }
+
+  // measure of many tensors without units or band: per tensor its row, or -1 where declined
+  std::vector<int64_t> measure_many(const std::vector<at::Tensor>& xs) {
+    std::lock_guard<std::mutex> lock(mu);
+    grow_locked(int64_t(xs.size()), int64_t(xs.size()));
+    return fused_stats_many(xs, edges, scal, counts, nonzero, cursor);
+  }
+
+  // A gradient, as a hook gets it: measured into a row tagged `tag` unless `gen` (>= 0) is an
+  // older generation. Memory with gaps (an expanded gradient) is copied first, as
+  // StatsAccumulator.add does; a sparse one made dense.
+  void write(const at::Tensor& g, int64_t tag, c10::optional<int64_t> unit_dim, int64_t gen) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (gen >= 0 && gen != generation) return;
+    at::Tensor x = g.layout() == c10::kStrided ? g : g.to_dense();
+    auto got = measure_locked(x, unit_dim, false, 0.0, 0.0, tag);
+    if (std::get<1>(got) == 0 && std::get<0>(got) > 0 && x.device().is_cpu() && x.scalar_type() == at::kFloat)
+      got = measure_locked(x.contiguous(), unit_dim, false, 0.0, 0.0, tag);
+    TORCH_CHECK(std::get<1>(got) > 0, "initscope: a gradient hook of the statistics kernel got a gradient it cannot "
+                "measure (", x.scalar_type(), " on ", x.device(), ", ", x.numel(), " values); please report this");
+  }
+
+  void clear() {
+    std::lock_guard<std::mutex> lock(mu);
+    int64_t* cur = cursor.data_ptr<int64_t>();
+    cur[0] = cur[1] = 0;
+    ++generation;
+  }
+
+  void retire() {  // the hooks registered so far go inert; the rows stay
+    std::lock_guard<std::mutex> lock(mu);
+    ++generation;
+  }
+};
+
+// A hook on the non-leaf tensor t that measures its gradient into the sink under `tag`, with
+// units along unit_dim; false (nothing done) where t is not a float32 CPU tensor with values
+// and a grad_fn (the caller registers a Python hook instead).
+bool sink_hook(const std::shared_ptr<Sink>& sink, const at::Tensor& t, int64_t tag, c10::optional<int64_t> unit_dim) {
+  if (!t.requires_grad() || !t.grad_fn() || !t.device().is_cpu() || t.scalar_type() != at::kFloat ||
+      t.layout() != c10::kStrided || !t.numel())
+    return false;
+  int64_t gen;
+  {
+    std::lock_guard<std::mutex> lock(sink->mu);
+    gen = sink->generation;
+  }
+  std::shared_ptr<Sink> s = sink;
+  t.register_hook([s, tag, unit_dim, gen](const at::Tensor& g) { s->write(g, tag, unit_dim, gen); });
+  return true;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fused_stats", &fused_stats, "initscope: one-pass tensor statistics (float32, CPU), into buffers");
   m.def("measure_row", &measure_row, "initscope: one tensor into a slab row, its layout found here");
   m.def("fused_stats_many", &fused_stats_many, "initscope: fused_stats of many tensors (no units, no band)");
   m.def("step_table", &step_table, "initscope: a recorded step's slab rows decoded, with their history table");
   m.def("set_max_parts", &set_max_parts, "initscope: cap on the parts (threads) of a call; 0 none (tests)");
+  py::class_<Sink, std::shared_ptr<Sink>>(m, "Sink", "initscope: a slab that gradient hooks registered here write into")
+      .def(py::init<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>>())
+      .def("buffers", [](Sink& s) {
+        std::lock_guard<std::mutex> lock(s.mu);
+        return std::make_tuple(s.scal, s.counts, s.nonzero);
+      })
+      .def("grow", [](Sink& s, int64_t rows, int64_t width) {
+        std::lock_guard<std::mutex> lock(s.mu);
+        s.grow_locked(rows, width);
+      })
+      .def("measure", &Sink::measure)
+      .def("measure_many", &Sink::measure_many)
+      .def("clear", &Sink::clear)
+      .def("retire", &Sink::retire)
+      .def("hook", &sink_hook)
+      .def("writer", [](const std::shared_ptr<Sink>& s, int64_t tag) {
+        return py::cpp_function([s, tag](const at::Tensor& g) { s->write(g, tag, c10::nullopt, -1); });
+      });
   m.def("set_isa", &set_isa, "initscope: the vector code path in use; level >= 0 picks one (tests)");
 }

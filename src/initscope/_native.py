@@ -96,8 +96,10 @@ def _build() -> object:
 #: 2^-129, one overflow count per format (4), NaN, +inf and -inf.
 COUNTS = 256 + 1 + 4 + 3
 #: Columns a slab's counts row has after those: the kernel's own description of the row (value
-#: count, offset and width of its nonzero counts, flags: 1 units, 2 band), read by step_table.
-META = 4
+#: count, offset and width of its nonzero counts, flags: 1 units, 2 band), read by step_table,
+#: and the tag of the key the extension's gradient hooks write a row under (-1: Python's own row).
+META = 5
+TAG = COUNTS + 4
 
 
 class Slab:
@@ -109,16 +111,33 @@ class Slab:
     and ~40 ms per step). Rows are handed out by :meth:`reserve`, read back by :meth:`read`
     and recycled by :meth:`clear`; the buffers only grow (doubling), so steady use allocates
     nothing.
+
+    Once :meth:`sink` has made the extension's ``Sink`` over them, the buffers are the Sink's:
+    it grows them (also inside the gradient hooks it registers, where no Python runs), and the
+    Python side reads them back from it before using them.
     """
 
     def __init__(self, rows: int = 256, values: int = 1 << 14) -> None:
         self.scal = torch.empty(rows, 5, dtype=torch.float64)
         self.counts = torch.empty(rows, COUNTS + META, dtype=torch.int64)
         self.nonzero = torch.empty(values, dtype=torch.int64)
-        # rows and nonzero slots in use, also advanced by the extension's measure_row
+        # rows and nonzero slots in use, advanced by the extension
         self.cursor = torch.zeros(2, dtype=torch.int64)
         self._cursor = self.cursor.numpy()
         self._capacity = (rows, values)  # plain ints: len() of a tensor costs a hook ~0.4 us
+        self._sink: object | None = None
+
+    def sink(self, ext: object, edges: list[int]) -> object:
+        """The extension's ``Sink`` over these buffers (made on the first call; ``edges`` as for
+        :func:`fused`): its ``measure``, ``measure_many``, ``hook`` and ``writer`` fill rows."""
+        if self._sink is None:
+            self._sink = ext.Sink(self.scal, self.counts, self.nonzero, self.cursor, edges)
+        return self._sink
+
+    def _buffers(self) -> None:
+        """Take the buffers back from the Sink, which may have grown them."""
+        if self._sink is not None:
+            self.scal, self.counts, self.nonzero = self._sink.buffers()
 
     @property
     def rows(self) -> int:
@@ -136,32 +155,31 @@ class Slab:
     def used(self, n: int) -> None:
         self._cursor[1] = n
 
-    def make_room(self, width: int, count: int = 1) -> None:
-        """Grow the buffers, where needed, for ``count`` more rows and ``width`` nonzero slots."""
-        at, used = self.rows, self.used
-        self.reserve(width, count)
-        self.rows, self.used = at, used
-
     def reserve(self, width: int, count: int = 1) -> tuple[int, int]:
         """``count`` free rows and ``width`` free nonzero slots: (first row, offset)."""
-        rows, values = self._capacity
         at, used = self.rows, self.used
-        while at + count > rows:
-            self.scal = torch.cat([self.scal, torch.empty_like(self.scal)])
-            self.counts = torch.cat([self.counts, torch.empty_like(self.counts)])
-            rows *= 2
-        if used + width > values:
-            values = max(2 * values, used + width)
-            grown = torch.empty(values, dtype=torch.int64)
-            grown[:used] = self.nonzero[:used]
-            self.nonzero = grown
-        self._capacity = (rows, values)
+        if self._sink is not None:
+            self._sink.grow(count, width)
+            self._buffers()
+        else:
+            rows, values = self._capacity
+            while at + count > rows:
+                self.scal = torch.cat([self.scal, torch.empty_like(self.scal)])
+                self.counts = torch.cat([self.counts, torch.empty_like(self.counts)])
+                rows *= 2
+            if used + width > values:
+                values = max(2 * values, used + width)
+                grown = torch.empty(values, dtype=torch.int64)
+                grown[:used] = self.nonzero[:used]
+                self.nonzero = grown
+            self._capacity = (rows, values)
         self.rows, self.used = at + count, used + width
         return at, used
 
     def read(self, slots: list[tuple[int, int, int]]):
         """(scalars [n, 5], counts [n, COUNTS], nonzero counts) of the (row, offset, width) slots,
         copied out of the slab (the nonzero counts are views of one copy)."""
+        self._buffers()
         n = len(slots)
         # every row reserved since the last clear, in order (the Recorder's case): slices, one copy each
         rows = slice(0, n) if n and n == self.rows and slots[0][0] == 0 and slots[-1][0] == n - 1 \
@@ -172,6 +190,12 @@ class Slab:
             scal, counts = scal.copy(), counts.copy()
         return scal, counts, [nonzero[o:o + w] for _, o, w in slots]
 
+    def described(self, start: int, stop: int) -> list[tuple[int, int, int, int, int]]:
+        """The rows ``start:stop`` as the kernel described them: (value count, offset, width,
+        flags, tag) each."""
+        self._buffers()
+        return self.counts.numpy()[start:stop, COUNTS:].tolist()
+
     def table(self, ext: object, rows: list[int], norm: list[int], sub: list[int]) -> tuple:
         """The slab ``rows`` of a recorded step, decoded by the extension in one call: (count,
         (mean, M2, min, max), (zeros, NaN, +inf, -inf, saturated or 0), whether saturation is
@@ -180,15 +204,20 @@ class Slab:
         :func:`initscope._steptable.table_of` computes it; the bits of :func:`initscope._decode.columns`
         and ``table_of``. ``norm`` and ``sub``: per format, the exponent bins 1..k below its
         smallest normal and subnormal (-1: the values below 2^-129 are the ones it flushes)."""
+        self._buffers()
         m4, ints, hist, fmt, table = ext.step_table(self.scal, self.counts, self.nonzero, rows, norm, sub)
-        meta = self.counts.numpy()[rows, COUNTS:]  # (a copy) value count, offset, width, flags
+        meta = self.counts.numpy()[rows, COUNTS:]  # (a copy) value count, offset, width, flags, tag
         nonzero = self.nonzero.numpy()[:self.used].copy()
-        units = [nonzero[o:o + w] if f & 1 else None for o, w, f in meta[:, 1:].tolist()]
+        units = [nonzero[o:o + w] if f & 1 else None for o, w, f in meta[:, 1:4].tolist()]
         return (meta[:, 0], m4.numpy(), ints.numpy(), (meta[:, 3] & 2) != 0, hist.numpy(), fmt.numpy(), units,
                 table.numpy())
 
     def clear(self) -> None:
-        self.rows = self.used = 0
+        """Start again from the first row; the Sink's hooks registered before go inert."""
+        if self._sink is not None:
+            self._sink.clear()
+        else:
+            self.rows = self.used = 0
 
 
 def fused(x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | None, level: float,
@@ -225,29 +254,23 @@ def measure_into(ext: object, x: torch.Tensor, unit_dim: int | None, band: tuple
     return row, offset, width
 
 
-def measure_row(ext: object, x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | None,
-                level: float, edges: list[int], slab: Slab) -> tuple[int, int | None, tuple[int, int, int]] | None:
-    """:func:`measure_into` with the checks, the layout and the slab's next row made by the
-    extension, in one call (a hook's Python meets the cold caches of a training step): (values,
-    units or None, (row, offset, width)), or None where ``x`` is not a float32 CPU tensor with
-    values and no gaps in memory (nothing done)."""
+def measure_row(sink: object, x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | None,
+                level: float) -> tuple[int, int | None, tuple[int, int, int]] | None:
+    """:func:`measure_into` with the checks, the layout, the slab's next row and its growth made
+    by the extension (``sink``: :meth:`Slab.sink`), in one call (a hook's Python meets the cold
+    caches of a training step): (values, units or None, (row, offset, width)), or None where ``x``
+    is not a float32 CPU tensor with values and no gaps in memory (nothing done)."""
     centre, half = band if band is not None else (0.0, 0.0)
-    args = (x, unit_dim, band is not None, centre, level * half, edges)
-    n, width, units, row, offset = ext.measure_row(*args, slab.scal, slab.counts, slab.nonzero, slab.cursor)
-    if width < 0:  # the slab is full
-        slab.make_room(-width)
-        n, width, units, row, offset = ext.measure_row(*args, slab.scal, slab.counts, slab.nonzero, slab.cursor)
+    n, width, units, row, offset = sink.measure(x, unit_dim, band is not None, centre, level * half)
     return None if width == 0 else (n, None if units < 0 else units, (row, offset, width))
 
 
-def measure_many(ext: object, xs: list[torch.Tensor], edges: list[int],
-                 slab: Slab) -> list[tuple[int, int, int] | None]:
+def measure_many(sink: object, xs: list[torch.Tensor], slab: Slab) -> list[tuple[int, int, int] | None]:
     """:func:`measure_row` of many tensors without units or band in one call of the extension:
     per tensor its (row, offset, width) in ``slab``, or None where the extension declined it
     (measure those another way)."""
-    slab.make_room(len(xs), len(xs))
     row, offset = slab.rows, slab.used
-    rows = ext.fused_stats_many(xs, edges, slab.scal, slab.counts, slab.nonzero, slab.cursor)
+    rows = sink.measure_many(xs)
     return [None if r < 0 else (r, offset + r - row, 1) for r in rows]  # one slot a row, in order
 
 

@@ -49,6 +49,11 @@ _CHANNELS_FIRST = (
 )
 
 
+def _in_backward() -> bool:
+    """Whether autograd is running a backward pass now (a forward call here is a recomputation)."""
+    return torch._C._current_graph_task_id() != -1
+
+
 def _band(module: nn.Module) -> tuple[float, float] | None:
     """(centre, half_width) of a bounded activation's output range, else None."""
     if isinstance(module, (nn.Tanh, nn.Softsign)):
@@ -179,6 +184,7 @@ class Tap:
         self._tensor_handles = []
         for h in handles:
             h.remove()
+        self.acc.retire_hooks()
 
     def _enter(self, name: str, module: nn.Module, args: object) -> None:
         self.stack.append(name)
@@ -211,7 +217,8 @@ class Tap:
         return dim
 
     def _forward(self, name: str, info: _Module, module: nn.Module, args: object, output: object) -> None:
-        if self.backward_started and not self.in_root and self.root_called:
+        if not self.in_root and self.root_called and (self.backward_started or _in_backward()):
+            self.backward_started = True  # gradient hooks in the extension do not say so
             self._recompute(name, output)
             return
         index = self._counts.get(name, 0)
@@ -236,7 +243,10 @@ class Tap:
                 self._hook_grad(t, (ci, j, "bwd"), out)
 
     def _hook_grad(self, t: torch.Tensor, key: tuple, out: _Out) -> None:
-        self._tensor_handles.append(t.register_hook(functools.partial(self._grad, key, out.unit_dim)))
+        # a hook of the kernel's extension where it takes t (it goes inert with the accumulator's
+        # clear() or this Tap's exit), else a Python hook
+        if not self.acc.watch_grad(key, t, out.unit_dim):
+            self._tensor_handles.append(t.register_hook(functools.partial(self._grad, key, out.unit_dim)))
         out.hooked = True
 
     def _grad(self, key: tuple, unit_dim: int | None, grad: torch.Tensor) -> None:

@@ -154,8 +154,10 @@ class Recorder:
         acc = self._tap.acc
         for name, p in self._params:
             if p.requires_grad and not distributed.is_dtensor(p):  # FSDP2 sets a DTensor's grad outside autograd
-                # the accumulator's add itself, the key bound: no frame of ours between (it returns None)
-                self._param_hooks.append(p.register_hook(functools.partial(acc.add, ("grad", name))))
+                # the kernel's extension called straight from autograd's Python hook, else the
+                # accumulator's add itself, the key bound: no frame of ours between (both return None)
+                key = ("grad", name)
+                self._param_hooks.append(p.register_hook(acc.grad_writer(key, p) or functools.partial(acc.add, key)))
         self._measure_values()
 
     def _take_params(self) -> None:

@@ -231,6 +231,9 @@ def _json(v: object) -> object:
 
 
 _UNSET = object()
+#: Whether torch tells a forward call inside a backward pass (a recomputation) from the others; the
+#: Tap needs that where no Python gradient hook marks the backward pass's start (torch >= 2.1).
+_CURRENT_TASK = hasattr(torch._C, "_current_graph_task_id")
 
 
 class StatsAccumulator:
@@ -251,22 +254,82 @@ class StatsAccumulator:
     def __init__(self) -> None:
         self._items: list[tuple[Hashable, _Pending | Stats]] = []
         self._slab: _native.Slab | None = None  # host buffers of the fused kernel, made on first use
+        self._sink: object | None = None  # the extension's writer into the slab (Slab.sink)
         self._ext: object = _UNSET  # the kernel, looked up once per batch (env and load, on first use)
         self._others = 0  # items queued not as a slab row of the fused kernel
         self._arenas: dict = {}  # per device, the Triton pass's results (initscope._triton_stats.Arena)
+        self._next_row = 0  # slab rows accounted for in _items; the extension's hooks write the others
+        self._tags: dict[Hashable, int] = {}  # key -> tag of the rows a hook writes (see watch_grad)
+        self._tagged: list[Hashable] = []
 
     def __len__(self) -> int:
+        self._sync()
         return len(self._items)
 
     def clear(self) -> None:
-        """Drop everything queued; the host buffers are kept for reuse."""
+        """Drop everything queued; the host buffers are kept for reuse. Gradient hooks that
+        :meth:`watch_grad` registered before go inert."""
         self._items = []
         self._ext = _UNSET
         self._others = 0
+        self._next_row = 0
         if self._slab is not None:
             self._slab.clear()
         for arena in self._arenas.values():
             arena.reset()
+
+    def watch_grad(self, key: Hashable, t: torch.Tensor, unit_dim: int | None = None) -> bool:
+        """Queue the statistics of ``t``'s gradient under ``key`` when autograd computes it, by a
+        hook the kernel's extension registers on ``t``: no Python runs between autograd and the
+        kernel (a Python hook and :meth:`add` cost a gradient ~10-25 us in a training step, where
+        each Python operation meets cold caches). For a float32 CPU tensor with values that
+        autograd computed (not a leaf: a hook registered from C++ on a leaf would drop the Python
+        hooks already on it); False, and nothing done, for any other (hook it in Python, with
+        :meth:`add`). The hook goes inert at the next :meth:`clear` (and so after
+        :meth:`to_host` and the other reads), as a removed Python hook would."""
+        if t.grad_fn is None or t.dtype is not torch.float32 or not _CURRENT_TASK or self._fused() is None:
+            return False
+        return self._sink.hook(t, self._tag(key), unit_dim)
+
+    def retire_hooks(self) -> None:
+        """Leave the hooks :meth:`watch_grad` registered so far inert; what they queued stays."""
+        if self._sink is not None:
+            self._sink.retire()
+
+    def grad_writer(self, key: Hashable, p: torch.Tensor) -> object | None:
+        """A callable for ``p.register_hook`` that queues each gradient of the float32 CPU leaf
+        ``p`` under ``key`` in one call of the kernel's extension (the hook stays a Python hook,
+        in its place among the user's); None where ``p`` is not such a tensor or the kernel is off
+        (register ``functools.partial(acc.add, key)`` instead)."""
+        if p.dtype is not torch.float32 or not p.is_cpu or p.layout is not torch.strided or not p.numel() \
+                or self._fused() is None:
+            return None
+        return self._sink.writer(self._tag(key))
+
+    def _tag(self, key: Hashable) -> int:
+        tag = self._tags.get(key)
+        if tag is None:
+            tag = self._tags[key] = len(self._tagged)
+            self._tagged.append(key)
+        return tag
+
+    def _sync(self, upto: int | None = None) -> None:
+        """Queue the slab rows the extension's hooks wrote since the last row accounted for, up
+        to row ``upto`` (default: all), in the order they were written."""
+        slab = self._slab
+        if slab is None:
+            return
+        stop = slab.rows if upto is None else upto
+        start = self._next_row
+        if stop <= start:
+            return
+        items = self._items
+        for row, (n, offset, width, flags, tag) in enumerate(slab.described(start, stop), start):
+            if tag < 0:
+                raise RuntimeError(f"initscope: slab row {row} was written by add() but not queued; please report this")
+            items.append((self._tagged[tag], _Pending(None, n, width if flags & 1 else None, False, True,
+                                                      slot=(row, offset, width))))
+        self._next_row = stop
 
     def add(self, key: Hashable, x: torch.Tensor, *, unit_dim: int | None = None,
             saturation: tuple[float, float] | None = None) -> None:
@@ -280,6 +343,7 @@ class StatsAccumulator:
         """
         if x.dtype is torch.float32 and x.is_cpu and self._slab_row(key, x, unit_dim, saturation):
             return
+        self._sync()
         if not x.is_floating_point():
             raise TypeError(f"statistics need a floating tensor, got {x.dtype}")
         if x.dim() < 2:
@@ -295,6 +359,8 @@ class StatsAccumulator:
         pending = _measure(x, unit_dim, saturation, self._slab, self._arenas)
         self._others += pending.slot is None  # a copy of memory with gaps still writes a slab row
         self._items.append((key, pending))
+        if pending.slot is not None:
+            self._next_row = pending.slot[0] + 1
 
     def add_many(self, keys: list[Hashable], xs: list[torch.Tensor]) -> None:
         """:meth:`add` of each tensor under its key (no units, no band): where the fused kernel is
@@ -305,7 +371,10 @@ class StatsAccumulator:
                 self.add(key, x)
             return
         ext = self._fused()
-        slots = [None] * len(xs) if ext is None else _native.measure_many(ext, xs, _EDGE_BITS, self._slab)
+        self._sync()
+        slots = [None] * len(xs) if ext is None else _native.measure_many(self._sink, xs, self._slab)
+        if ext is not None:
+            self._next_row = self._slab.rows  # the rows just written, queued in order below
         for key, x, slot in zip(keys, xs, slots):
             if slot is None:
                 self.add(key, x)
@@ -317,8 +386,10 @@ class StatsAccumulator:
         ext = self._ext
         if ext is _UNSET:
             ext = self._ext = None if _native.disabled() else _native.load()
-        if ext is not None and self._slab is None:
-            self._slab = _native.Slab()
+        if ext is not None and self._sink is None:
+            if self._slab is None:
+                self._slab = _native.Slab()
+            self._sink = self._slab.sink(ext, _EDGE_BITS)
         return ext
 
     def _slab_row(self, key: Hashable, x: torch.Tensor, unit_dim: int | None,
@@ -330,15 +401,19 @@ class StatsAccumulator:
         ext = self._fused()
         if ext is None:
             return False
-        got = _native.measure_row(ext, x, unit_dim, saturation, SATURATION_LEVEL, _EDGE_BITS, self._slab)
+        got = _native.measure_row(self._sink, x, unit_dim, saturation, SATURATION_LEVEL)
         if got is None:
             return False
         n, units, slot = got
+        if slot[0] != self._next_row:  # the extension's gradient hooks wrote the rows between
+            self._sync(slot[0])
         self._items.append((key, _Pending(None, n, units, saturation is not None, True, slot=slot)))
+        self._next_row = slot[0] + 1
         return True
 
     def to_host(self) -> list[tuple[Hashable, Stats]]:
         """Move everything to the host (one transfer per device), decode, and clear."""
+        self._sync()
         items, self._items = self._items, []
         self._ext, self._others = _UNSET, 0
         done = {i: s for i, (_, s) in enumerate(items) if isinstance(s, Stats)}
@@ -358,6 +433,7 @@ class StatsAccumulator:
                     arena.finish()  # the Triton pass's merges, before the results are read
                 done.update(zip(idx, map(Stats._of, decode(*transfer(group), group))))
         finally:  # the buffers start the next batch empty, also after a failure here
+            self._next_row = 0
             if self._slab is not None:
                 self._slab.clear()
             for arena in self._arenas.values():
@@ -366,12 +442,14 @@ class StatsAccumulator:
 
     def fused_keys(self) -> list | None:
         """The keys queued, in order, where every tensor went through the fused kernel; else None."""
+        self._sync()
         return [k for k, _ in self._items] if self._items and not self._others else None
 
     def to_table(self, sel: list[int]) -> tuple:
         """The queued tensors ``sel`` (every one a slab row: see :meth:`fused_keys`) as arrays, with
         the history's table, decoded by the kernel's extension in one call (see
         :meth:`initscope._native.Slab.table`); then clear."""
+        self._sync()
         items = self._items
         try:
             return self._slab.table(_native.load(), [items[i][1].slot[0] for i in sel], _NORM_BINS, _SUB_BINS)
@@ -381,6 +459,7 @@ class StatsAccumulator:
     def to_columns(self) -> tuple[list, Columns] | None:
         """Like :meth:`to_host`, as arrays (keys, one row per key) without a Stats per tensor:
         only when every tensor went through the fused kernel (else None, and nothing changes)."""
+        self._sync()
         items = self._items
         if not items or self._others:
             return None

@@ -1,0 +1,157 @@
+"""Gradient hooks registered by the kernel's extension (``StatsAccumulator.watch_grad`` for
+activations, ``grad_writer`` for parameters) against the Python hooks they replace: the same
+rows, in the same order, with the same bits; the user's own hooks untouched; stale hooks inert."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from initscope import _native
+from initscope.probe import probe
+from initscope.recorder import Recorder
+from initscope.stats import StatsAccumulator
+
+pytestmark = pytest.mark.skipif(_native.disabled() or _native.load() is None,
+                                reason="the extension's hooks need the fused kernel")
+
+
+class _Swap(nn.Module):
+    """Returns a permuted view: its gradient arrives permuted too (read in memory order)."""
+
+    def forward(self, x):
+        return x.transpose(1, 2)
+
+
+class _Net(nn.Module):
+    """Conv units, a permuted output, a float64 branch (a Python hook), a checkpointed segment
+    (recomputed inside the backward pass) and an output whose gradient is expanded (stride 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(3, 8, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.swap = _Swap()
+        self.seg = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+        self.wide = nn.Linear(8, 4).double()
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = self.swap(self.relu(self.conv(x)))  # (batch, 12, 8)
+        h = checkpoint(self.seg, h, use_reentrant=False)
+        side = self.wide(h.double()).float()
+        return self.head(h) + side
+
+
+def _record(net, hooks: bool, monkeypatch, micro: int = 1, slab_rows: int = 256) -> Recorder:
+    with monkeypatch.context() as m:
+        if not hooks:  # every gradient through a Python hook and add(), as before the extension's hooks
+            m.setattr(StatsAccumulator, "watch_grad", lambda self, key, t, unit_dim=None: False)
+            m.setattr(StatsAccumulator, "grad_writer", lambda self, key, p: None)
+        m.setattr(_native.Slab.__init__, "__defaults__", (slab_rows, 4))  # small: the hooks grow it
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        g = torch.Generator().manual_seed(1)
+        with Recorder(net, every=1) as rec:
+            for _ in range(3):
+                opt.zero_grad()
+                for _ in range(micro):
+                    net(torch.randn(5, 3, 12, generator=g)).sum().backward()  # sum: an expanded gradient
+                opt.step()
+                rec.step()
+    return rec
+
+
+@pytest.mark.parametrize("micro,slab_rows", [(1, 256), (2, 256), (1, 2)])
+def test_extension_hooks_give_the_python_hooks_bits(monkeypatch, micro, slab_rows):
+    torch.manual_seed(0)
+    net = _Net()
+    calls = {"watch": 0, "writer": 0}
+    watch, writer = StatsAccumulator.watch_grad, StatsAccumulator.grad_writer
+
+    def counted_watch(self, key, t, unit_dim=None):
+        done = watch(self, key, t, unit_dim)
+        calls["watch"] += done
+        return done
+
+    def counted_writer(self, key, p):
+        w = writer(self, key, p)
+        calls["writer"] += w is not None
+        return w
+
+    monkeypatch.setattr(StatsAccumulator, "watch_grad", counted_watch)
+    monkeypatch.setattr(StatsAccumulator, "grad_writer", counted_writer)
+    a = _record(copy.deepcopy(net), True, monkeypatch, micro, slab_rows)
+    assert calls["watch"] >= 3 * micro * 6 and calls["writer"] >= 8  # the extension's hooks really ran
+    b = _record(copy.deepcopy(net), False, monkeypatch, micro, slab_rows)
+    assert len(a.steps) == len(b.steps) == 3
+    for sa, sb in zip(a.steps, b.steps):
+        assert sa.keys == sb.keys
+        assert ("wide", "backward") in sa.keys and ("seg.1", "backward") in sa.keys  # float64, recomputed
+        np.testing.assert_array_equal(sa.values, sb.values)  # NaN where NaN, else equal bits
+        np.testing.assert_array_equal(sa.counts, sb.counts)
+        for k in sa.hists:
+            np.testing.assert_array_equal(sa.hists[k], sb.hists[k])
+    backward = dict(zip(a.steps[0].keys, a.steps[0].counts))
+    assert backward[("seg.1", "backward")] == micro * 5 * 12 * 16  # measured once per backward, not per recompute
+
+
+def test_probe_with_extension_hooks_matches_python_hooks(monkeypatch):
+    torch.manual_seed(0)
+    net, x = _Net(), torch.randn(5, 3, 12)
+    a = probe(copy.deepcopy(net), x)
+    monkeypatch.setattr(StatsAccumulator, "watch_grad", lambda self, key, t, unit_dim=None: False)
+    b = probe(copy.deepcopy(net), x)
+    for la, lb in zip(a.layers, b.layers):
+        assert la.name == lb.name
+        sa, sb = la.outputs[0].backward, lb.outputs[0].backward
+        assert (sa is None) == (sb is None)
+        if sa is not None:
+            assert (sa.count, sa.mean, sa.m2, sa.min, sa.max, sa.zeros) == (sb.count, sb.mean, sb.m2, sb.min, sb.max, sb.zeros)
+            np.testing.assert_array_equal(sa.hist, sb.hist)
+            np.testing.assert_array_equal(sa.unit_nonzero, sb.unit_nonzero)
+
+
+def test_the_users_own_hooks_still_run_around_ours():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    seen = []
+    net[0].weight.register_hook(lambda g: seen.append("param, before"))
+    with Recorder(net, every=1) as rec:
+        net[0].weight.register_hook(lambda g: seen.append("param, after"))
+        h = net[0](torch.randn(3, 4))
+        h.register_hook(lambda g: seen.append("activation"))
+        net[2](net[1](h)).sum().backward()
+        rec.step()
+    assert sorted(seen) == ["activation", "param, after", "param, before"]
+    assert ("0.weight", "grad") in rec.steps[0].keys and ("0", "backward") in rec.steps[0].keys
+
+
+def test_hooks_of_a_stored_step_go_inert():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    x = torch.randn(3, 4)
+    with Recorder(net, every=1) as rec:
+        stale = net(x)
+        rec.step()  # step 0 stored with forward statistics only; its hooks go inert
+        stale.sum().backward()  # step 1: the old graph's gradients are not this step's
+        net(x).sum().backward()
+        rec.step()
+        late = net(x)
+    late.sum().backward()  # after the context: nothing is measured, nothing fails
+    counts = dict(zip(rec.steps[1].keys, rec.steps[1].counts))
+    assert counts[("0", "backward")] == 3 * 8  # one backward pass's gradient, not two
+    assert ("0", "backward") not in rec.steps[0].keys
+    assert len(rec.steps) == 3 and ("0", "backward") not in rec.steps[2].keys
+
+
+def test_watch_grad_declines_what_the_extension_does_not_take():
+    acc = StatsAccumulator()
+    leaf = torch.randn(3, 4, requires_grad=True)
+    assert not acc.watch_grad("leaf", leaf)  # a C++ hook on a leaf would drop its Python hooks
+    assert not acc.watch_grad("f64", leaf.double() * 2)
+    assert not acc.watch_grad("empty", torch.randn(0, 4, requires_grad=True) * 2)
+    assert not acc.watch_grad("no grad", torch.randn(3, 4) * 2)
+    assert acc.grad_writer("f64", torch.randn(3, dtype=torch.float64, requires_grad=True)) is None
+    assert acc.watch_grad("ok", leaf * 2)
