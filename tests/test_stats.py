@@ -255,7 +255,7 @@ def test_the_one_copy_transfer_of_other_devices_gives_the_same_numbers(monkeypat
     acc.add("a", xs[0], unit_dim=1, saturation=(0.0, 1.0))
     acc.add("b", xs[1], unit_dim=0)
     acc.add("c", xs[2])
-    group = [p for _, p in acc._items]
+    group = [p for _, p in acc._queued()]
     local, copied = _transfer(group), _transfer(group, one_copy=True)
     np.testing.assert_array_equal(local[0], copied[0])  # scalars, NaN-padded alike
     for a, b in zip(local[1] + local[2], copied[1] + copied[2]):

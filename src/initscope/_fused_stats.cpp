@@ -890,23 +890,6 @@ std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t> measure_row(
   return {n, width, unit_dim.has_value() && dims >= 2 ? units : -1, row, offset};
 }
 
-// measure_row of many tensors in one call (no units, no band; the Recorder's parameter values,
-// ~50 a step for a small transformer, each a few microseconds of Python through add()). The
-// caller has made room for a row and a nonzero slot per tensor. Returns per tensor its row, or -1
-// where measure_row declined it (the caller measures it another way).
-std::vector<int64_t> fused_stats_many(const std::vector<at::Tensor>& xs, const std::vector<int64_t>& edge_bits,
-                                      at::Tensor& scal_out, at::Tensor& counts_out, at::Tensor& nonzero_out,
-                                      at::Tensor& cursor) {
-  std::vector<int64_t> rows(xs.size(), -1);
-  for (size_t i = 0; i < xs.size(); ++i) {
-    const auto got = measure_row(xs[i], c10::nullopt, false, 0.0, 0.0, edge_bits, scal_out, counts_out, nonzero_out,
-                                 cursor);
-    TORCH_CHECK(std::get<1>(got) >= 0, "fused_stats_many: the caller made no room for tensor ", i);
-    if (std::get<1>(got) > 0) rows[i] = std::get<3>(got);
-  }
-  return rows;
-}
-
 // A recorded step's slab rows as the Recorder stores them: the fields
 // initscope._decode.columns decodes from kernel rows and the history's table that
 // initscope._steptable.table_of computes from them, in one call instead of ~80 numpy operations
@@ -1053,16 +1036,26 @@ struct Sink {
   }
 
   std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t> measure(const at::Tensor& x, c10::optional<int64_t> unit_dim,
-                                                                   bool band, double centre, double threshold) {
+                                                                   bool band, double centre, double threshold,
+                                                                   int64_t tag) {
     std::lock_guard<std::mutex> lock(mu);
-    return measure_locked(x, unit_dim, band, centre, threshold, -1);
+    return measure_locked(x, unit_dim, band, centre, threshold, tag);
   }
 
-  // measure of many tensors without units or band: per tensor its row, or -1 where declined
-  std::vector<int64_t> measure_many(const std::vector<at::Tensor>& xs) {
+  // measure of xs[start:] (no units, no band) under tags[start:], in order, until the first
+  // tensor measure_row declines: its index (xs.size() when none), for the caller to measure
+  // another way before it calls again from the next.
+  int64_t measure_many(const std::vector<at::Tensor>& xs, const std::vector<int64_t>& tags, int64_t start) {
+    TORCH_CHECK(tags.size() == xs.size() && start >= 0, "Sink.measure_many: one tag per tensor");
     std::lock_guard<std::mutex> lock(mu);
-    grow_locked(int64_t(xs.size()), int64_t(xs.size()));
-    return fused_stats_many(xs, edges, scal, counts, nonzero, cursor);
+    const int64_t n = int64_t(xs.size());
+    grow_locked(n - start, n - start);  // no units: one nonzero slot a row
+    for (int64_t i = start; i < n; ++i) {
+      const auto got = measure_row(xs[i], c10::nullopt, false, 0.0, 0.0, edges, scal, counts, nonzero, cursor);
+      if (std::get<1>(got) <= 0) return i;
+      counts.data_ptr<int64_t>()[std::get<3>(got) * counts.size(1) + kTag] = tags[i];
+    }
+    return n;
   }
 
   // A gradient, as a hook gets it: measured into a row tagged `tag` unless `gen` (>= 0) is an
@@ -1112,7 +1105,6 @@ bool sink_hook(const std::shared_ptr<Sink>& sink, const at::Tensor& t, int64_t t
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fused_stats", &fused_stats, "initscope: one-pass tensor statistics (float32, CPU), into buffers");
   m.def("measure_row", &measure_row, "initscope: one tensor into a slab row, its layout found here");
-  m.def("fused_stats_many", &fused_stats_many, "initscope: fused_stats of many tensors (no units, no band)");
   m.def("step_table", &step_table, "initscope: a recorded step's slab rows decoded, with their history table");
   m.def("set_max_parts", &set_max_parts, "initscope: cap on the parts (threads) of a call; 0 none (tests)");
   py::class_<Sink, std::shared_ptr<Sink>>(m, "Sink", "initscope: a slab that gradient hooks registered here write into")

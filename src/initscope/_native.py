@@ -190,11 +190,21 @@ class Slab:
             scal, counts = scal.copy(), counts.copy()
         return scal, counts, [nonzero[o:o + w] for _, o, w in slots]
 
-    def described(self, start: int, stop: int) -> list[tuple[int, int, int, int, int]]:
-        """The rows ``start:stop`` as the kernel described them: (value count, offset, width,
-        flags, tag) each."""
+    def described(self) -> list[list[int]]:
+        """The rows in use as the kernel described them: [value count, offset, width, flags, tag]
+        each (flags: 1 units, 2 band)."""
         self._buffers()
-        return self.counts.numpy()[start:stop, COUNTS:].tolist()
+        return self.counts.numpy()[:self.rows, COUNTS:].tolist()
+
+    def tags(self) -> list[int]:
+        """The tag of each row in use."""
+        self._buffers()
+        return self.counts.numpy()[:self.rows, TAG].tolist()
+
+    def tag(self, row: int, tag: int) -> None:
+        """Tag a row written by :func:`measure_into`."""
+        self._buffers()
+        self.counts[row, TAG] = tag
 
     def table(self, ext: object, rows: list[int], norm: list[int], sub: list[int]) -> tuple:
         """The slab ``rows`` of a recorded step, decoded by the extension in one call: (count,
@@ -252,26 +262,6 @@ def measure_into(ext: object, x: torch.Tensor, unit_dim: int | None, band: tuple
     ext.fused_stats(flat, units, inner, band is not None, centre, level * half, edges, True,
                     slab.scal, slab.counts, slab.nonzero, row, offset)
     return row, offset, width
-
-
-def measure_row(sink: object, x: torch.Tensor, unit_dim: int | None, band: tuple[float, float] | None,
-                level: float) -> tuple[int, int | None, tuple[int, int, int]] | None:
-    """:func:`measure_into` with the checks, the layout, the slab's next row and its growth made
-    by the extension (``sink``: :meth:`Slab.sink`), in one call (a hook's Python meets the cold
-    caches of a training step): (values, units or None, (row, offset, width)), or None where ``x``
-    is not a float32 CPU tensor with values and no gaps in memory (nothing done)."""
-    centre, half = band if band is not None else (0.0, 0.0)
-    n, width, units, row, offset = sink.measure(x, unit_dim, band is not None, centre, level * half)
-    return None if width == 0 else (n, None if units < 0 else units, (row, offset, width))
-
-
-def measure_many(sink: object, xs: list[torch.Tensor], slab: Slab) -> list[tuple[int, int, int] | None]:
-    """:func:`measure_row` of many tensors without units or band in one call of the extension:
-    per tensor its (row, offset, width) in ``slab``, or None where the extension declined it
-    (measure those another way)."""
-    row, offset = slab.rows, slab.used
-    rows = sink.measure_many(xs)
-    return [None if r < 0 else (r, offset + r - row, 1) for r in rows]  # one slot a row, in order
 
 
 def _layout(x: torch.Tensor, unit_dim: int | None) -> tuple[torch.Tensor | None, int, int]:

@@ -242,6 +242,13 @@ class StatsAccumulator:
     Nothing here reads a tensor value on the host, so it is safe inside forward hooks and
     tensor hooks: no synchronisation, no copy of the activation kept after :meth:`add`.
 
+    A float32 CPU tensor measured by the fused kernel is one row of the slab, tagged with its
+    key, and nothing more on the Python side: the row describes itself (value count, units,
+    band), so the Recorder's step reads keys and rows straight from the slab, and the gradient
+    hooks the extension registers (:meth:`watch_grad`) write rows with no Python at all. Other
+    tensors are queued as items, each with the number of slab rows written before it, so that
+    :meth:`to_host` returns everything in the order it was added.
+
     Examples:
         >>> import torch
         >>> acc = StatsAccumulator()
@@ -252,31 +259,81 @@ class StatsAccumulator:
     """
 
     def __init__(self) -> None:
-        self._items: list[tuple[Hashable, _Pending | Stats]] = []
+        # tensors queued not as a slab row: (slab rows before it, key, _Pending or Stats)
+        self._items: list[tuple[int, Hashable, _Pending | Stats]] = []
         self._slab: _native.Slab | None = None  # host buffers of the fused kernel, made on first use
         self._sink: object | None = None  # the extension's writer into the slab (Slab.sink)
         self._ext: object = _UNSET  # the kernel, looked up once per batch (env and load, on first use)
-        self._others = 0  # items queued not as a slab row of the fused kernel
         self._arenas: dict = {}  # per device, the Triton pass's results (initscope._triton_stats.Arena)
-        self._next_row = 0  # slab rows accounted for in _items; the extension's hooks write the others
-        self._tags: dict[Hashable, int] = {}  # key -> tag of the rows a hook writes (see watch_grad)
-        self._tagged: list[Hashable] = []
+        self._tags: dict[Hashable, int] = {}  # key -> the tag its slab rows carry
+        self._tagged: list[Hashable] = []  # tag -> key
 
     def __len__(self) -> int:
-        self._sync()
-        return len(self._items)
+        return self._rows() + len(self._items)
+
+    def _rows(self) -> int:
+        return 0 if self._slab is None else self._slab.rows
 
     def clear(self) -> None:
         """Drop everything queued; the host buffers are kept for reuse. Gradient hooks that
         :meth:`watch_grad` registered before go inert."""
         self._items = []
         self._ext = _UNSET
-        self._others = 0
-        self._next_row = 0
         if self._slab is not None:
             self._slab.clear()
         for arena in self._arenas.values():
             arena.reset()
+
+    def _tag(self, key: Hashable) -> int:
+        tag = self._tags.get(key)
+        if tag is None:
+            tag = self._tags[key] = len(self._tagged)
+            self._tagged.append(key)
+        return tag
+
+    def add(self, key: Hashable, x: torch.Tensor, *, unit_dim: int | None = None,
+            saturation: tuple[float, float] | None = None) -> None:
+        """Queue the statistics of a floating tensor under ``key``.
+
+        Args:
+            key: any hashable label, returned by :meth:`to_host`.
+            x: a floating tensor; it is not kept.
+            unit_dim: dimension that indexes units (channels, features); None for no units.
+            saturation: (centre, half_width) of a bounded activation's range, or None.
+        """
+        if x.dtype is torch.float32 and x.is_cpu and self._slab_row(key, x, unit_dim, saturation):
+            return
+        if not x.is_floating_point():
+            raise TypeError(f"statistics need a floating tensor, got {x.dtype}")
+        if x.dim() < 2:
+            unit_dim = None
+        x = x.detach()
+        if x.numel() == 0:
+            units = None if unit_dim is None else x.shape[unit_dim]
+            self._items.append((self._rows(), key, Stats.empty(units, saturation is not None)))
+            return
+        if self._slab is None and x.is_cpu:
+            self._slab = _native.Slab()
+        pending = _measure(x, unit_dim, saturation, self._slab, self._arenas)
+        if pending.slot is not None:  # a copy of memory with gaps, measured into a slab row
+            self._slab.tag(pending.slot[0], self._tag(key))
+        else:
+            self._items.append((self._rows(), key, pending))
+
+    def add_many(self, keys: list[Hashable], xs: list[torch.Tensor]) -> None:
+        """:meth:`add` of each tensor under its key (no units, no band): where the fused kernel is
+        on, the float32 CPU tensors without gaps in memory in one call of it (a parameter's value
+        through :meth:`add` costs a hook's few microseconds of Python, ~50 of them a step)."""
+        if not xs or not xs[0].is_cpu or self._fused() is None:  # on a GPU the CPU kernel is not even loaded
+            for key, x in zip(keys, xs):
+                self.add(key, x)
+            return
+        tags, i = [self._tag(k) for k in keys], 0
+        while i < len(xs):  # in order: each tensor the kernel declines goes through add() in its place
+            i = self._sink.measure_many(xs, tags, i)
+            if i < len(xs):
+                self.add(keys[i], xs[i])
+                i += 1
 
     def watch_grad(self, key: Hashable, t: torch.Tensor, unit_dim: int | None = None) -> bool:
         """Queue the statistics of ``t``'s gradient under ``key`` when autograd computes it, by a
@@ -286,7 +343,7 @@ class StatsAccumulator:
         autograd computed (not a leaf: a hook registered from C++ on a leaf would drop the Python
         hooks already on it); False, and nothing done, for any other (hook it in Python, with
         :meth:`add`). The hook goes inert at the next :meth:`clear` (and so after
-        :meth:`to_host` and the other reads), as a removed Python hook would."""
+        :meth:`to_host` and the other reads) or :meth:`retire_hooks`, as a removed Python hook would."""
         if t.grad_fn is None or t.dtype is not torch.float32 or not _CURRENT_TASK or self._fused() is None:
             return False
         return self._sink.hook(t, self._tag(key), unit_dim)
@@ -306,81 +363,6 @@ class StatsAccumulator:
             return None
         return self._sink.writer(self._tag(key))
 
-    def _tag(self, key: Hashable) -> int:
-        tag = self._tags.get(key)
-        if tag is None:
-            tag = self._tags[key] = len(self._tagged)
-            self._tagged.append(key)
-        return tag
-
-    def _sync(self, upto: int | None = None) -> None:
-        """Queue the slab rows the extension's hooks wrote since the last row accounted for, up
-        to row ``upto`` (default: all), in the order they were written."""
-        slab = self._slab
-        if slab is None:
-            return
-        stop = slab.rows if upto is None else upto
-        start = self._next_row
-        if stop <= start:
-            return
-        items = self._items
-        for row, (n, offset, width, flags, tag) in enumerate(slab.described(start, stop), start):
-            if tag < 0:
-                raise RuntimeError(f"initscope: slab row {row} was written by add() but not queued; please report this")
-            items.append((self._tagged[tag], _Pending(None, n, width if flags & 1 else None, False, True,
-                                                      slot=(row, offset, width))))
-        self._next_row = stop
-
-    def add(self, key: Hashable, x: torch.Tensor, *, unit_dim: int | None = None,
-            saturation: tuple[float, float] | None = None) -> None:
-        """Queue the statistics of a floating tensor under ``key``.
-
-        Args:
-            key: any hashable label, returned by :meth:`to_host`.
-            x: a floating tensor; it is not kept.
-            unit_dim: dimension that indexes units (channels, features); None for no units.
-            saturation: (centre, half_width) of a bounded activation's range, or None.
-        """
-        if x.dtype is torch.float32 and x.is_cpu and self._slab_row(key, x, unit_dim, saturation):
-            return
-        self._sync()
-        if not x.is_floating_point():
-            raise TypeError(f"statistics need a floating tensor, got {x.dtype}")
-        if x.dim() < 2:
-            unit_dim = None
-        x = x.detach()
-        if x.numel() == 0:
-            units = None if unit_dim is None else x.shape[unit_dim]
-            self._items.append((key, Stats.empty(units, saturation is not None)))
-            self._others += 1
-            return
-        if self._slab is None and x.is_cpu:
-            self._slab = _native.Slab()
-        pending = _measure(x, unit_dim, saturation, self._slab, self._arenas)
-        self._others += pending.slot is None  # a copy of memory with gaps still writes a slab row
-        self._items.append((key, pending))
-        if pending.slot is not None:
-            self._next_row = pending.slot[0] + 1
-
-    def add_many(self, keys: list[Hashable], xs: list[torch.Tensor]) -> None:
-        """:meth:`add` of each tensor under its key (no units, no band): where the fused kernel is
-        on, the float32 CPU tensors without gaps in memory in one call of it (a parameter's value
-        through :meth:`add` costs a hook's few microseconds of Python, ~50 of them a step)."""
-        if not xs or not xs[0].is_cpu:  # a model on a GPU: the CPU kernel is not even loaded
-            for key, x in zip(keys, xs):
-                self.add(key, x)
-            return
-        ext = self._fused()
-        self._sync()
-        slots = [None] * len(xs) if ext is None else _native.measure_many(self._sink, xs, self._slab)
-        if ext is not None:
-            self._next_row = self._slab.rows  # the rows just written, queued in order below
-        for key, x, slot in zip(keys, xs, slots):
-            if slot is None:
-                self.add(key, x)
-            else:
-                self._items.append((key, _Pending(None, x.numel(), None, False, True, slot=slot)))
-
     def _fused(self) -> object | None:
         """The fused kernel's extension (looked up once per batch), the slab made; None where it is off."""
         ext = self._ext
@@ -396,28 +378,35 @@ class StatsAccumulator:
                   saturation: tuple[float, float] | None) -> bool:
         """:meth:`add` for a float32 CPU tensor whose memory has no gaps, in the fewest steps (a
         hook's, ~150 hooks a step, where each Python operation meets caches the step has made cold):
-        the fused kernel writes one slab row, no torch op runs on ``x``. False, and nothing done,
-        where the kernel is off, ``x`` is empty or its memory has gaps."""
-        ext = self._fused()
-        if ext is None:
+        the fused kernel writes one tagged slab row, no torch op runs on ``x``. False, and nothing
+        done, where the kernel is off, ``x`` is empty or its memory has gaps."""
+        if self._fused() is None:
             return False
-        got = _native.measure_row(self._sink, x, unit_dim, saturation, SATURATION_LEVEL)
-        if got is None:
-            return False
-        n, units, slot = got
-        if slot[0] != self._next_row:  # the extension's gradient hooks wrote the rows between
-            self._sync(slot[0])
-        self._items.append((key, _Pending(None, n, units, saturation is not None, True, slot=slot)))
-        self._next_row = slot[0] + 1
-        return True
+        centre, half = saturation if saturation is not None else (0.0, 0.0)
+        return self._sink.measure(x, unit_dim, saturation is not None, centre, SATURATION_LEVEL * half,
+                                  self._tag(key))[1] != 0
+
+    def _queued(self) -> list[tuple[Hashable, _Pending | Stats]]:
+        """Everything queued, in the order it was added: the slab's rows (each as a _Pending of
+        its slot, from the row's own description) with the other items in their places."""
+        out: list[tuple[Hashable, _Pending | Stats]] = []
+        items, k = self._items, 0
+        if self._slab is not None:
+            tagged = self._tagged
+            for row, (n, offset, width, flags, tag) in enumerate(self._slab.described()):
+                while k < len(items) and items[k][0] <= row:
+                    out.append(items[k][1:])
+                    k += 1
+                out.append((tagged[tag], _Pending(None, n, width if flags & 1 else None, bool(flags & 2), True,
+                                                  slot=(row, offset, width))))
+        out += [item[1:] for item in items[k:]]
+        return out
 
     def to_host(self) -> list[tuple[Hashable, Stats]]:
         """Move everything to the host (one transfer per device), decode, and clear."""
-        self._sync()
-        items, self._items = self._items, []
-        self._ext, self._others = _UNSET, 0
-        done = {i: s for i, (_, s) in enumerate(items) if isinstance(s, Stats)}
         try:
+            items = self._queued()
+            done = {i: s for i, (_, s) in enumerate(items) if isinstance(s, Stats)}
             fused = [i for i, (_, p) in enumerate(items) if isinstance(p, _Pending) and p.slot is not None]
             if fused:
                 group = [items[i][1] for i in fused]
@@ -433,40 +422,35 @@ class StatsAccumulator:
                     arena.finish()  # the Triton pass's merges, before the results are read
                 done.update(zip(idx, map(Stats._of, decode(*transfer(group), group))))
         finally:  # the buffers start the next batch empty, also after a failure here
-            self._next_row = 0
-            if self._slab is not None:
-                self._slab.clear()
-            for arena in self._arenas.values():
-                arena.reset()
+            self.clear()
         return [(key, done[i]) for i, (key, _) in enumerate(items)]
 
     def fused_keys(self) -> list | None:
-        """The keys queued, in order, where every tensor went through the fused kernel; else None."""
-        self._sync()
-        return [k for k, _ in self._items] if self._items and not self._others else None
+        """The keys queued, in order, where every tensor is a slab row of the fused kernel; else None."""
+        if self._items or not self._rows():
+            return None
+        tagged = self._tagged
+        return [tagged[t] for t in self._slab.tags()]
 
     def to_table(self, sel: list[int]) -> tuple:
         """The queued tensors ``sel`` (every one a slab row: see :meth:`fused_keys`) as arrays, with
         the history's table, decoded by the kernel's extension in one call (see
         :meth:`initscope._native.Slab.table`); then clear."""
-        self._sync()
-        items = self._items
         try:
-            return self._slab.table(_native.load(), [items[i][1].slot[0] for i in sel], _NORM_BINS, _SUB_BINS)
+            return self._slab.table(_native.load(), sel, _NORM_BINS, _SUB_BINS)
         finally:
             self.clear()
 
     def to_columns(self) -> tuple[list, Columns] | None:
         """Like :meth:`to_host`, as arrays (keys, one row per key) without a Stats per tensor:
-        only when every tensor went through the fused kernel (else None, and nothing changes)."""
-        self._sync()
-        items = self._items
-        if not items or self._others:
+        only when every tensor is a slab row of the fused kernel (else None, and nothing changes)."""
+        if self._items or not self._rows():
             return None
-        group = [p for _, p in items]
+        queued = self._queued()
+        group = [p for _, p in queued]
         out = columns(*self._slab.read([p.slot for p in group]), group)
         self.clear()
-        return [k for k, _ in items], out
+        return [k for k, _ in queued], out
 
 
 def tensor_stats(x: torch.Tensor, *, unit_dim: int | None = None,
