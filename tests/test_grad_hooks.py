@@ -45,10 +45,16 @@ class _Net(nn.Module):
         return self.head(h) + side
 
 
+def _add_only(self, key, x, grad_key, **kw):
+    self.add(key, x, **kw)
+    return False
+
+
 def _record(net, hooks: bool, monkeypatch, micro: int = 1, slab_rows: int = 256) -> Recorder:
     with monkeypatch.context() as m:
         if not hooks:  # every gradient through a Python hook and add(), as before the extension's hooks
             m.setattr(StatsAccumulator, "watch_grad", lambda self, key, t, unit_dim=None: False)
+            m.setattr(StatsAccumulator, "add_and_watch", _add_only)
             m.setattr(StatsAccumulator, "grad_writer", lambda self, key, p: None)
         m.setattr(_native.Slab.__init__, "__defaults__", (slab_rows, 4))  # small: the hooks grow it
         opt = torch.optim.SGD(net.parameters(), lr=0.1)
@@ -68,10 +74,10 @@ def test_extension_hooks_give_the_python_hooks_bits(monkeypatch, micro, slab_row
     torch.manual_seed(0)
     net = _Net()
     calls = {"watch": 0, "writer": 0}
-    watch, writer = StatsAccumulator.watch_grad, StatsAccumulator.grad_writer
+    watch, writer = StatsAccumulator.add_and_watch, StatsAccumulator.grad_writer
 
-    def counted_watch(self, key, t, unit_dim=None):
-        done = watch(self, key, t, unit_dim)
+    def counted_watch(self, key, x, grad_key, **kw):
+        done = watch(self, key, x, grad_key, **kw)
         calls["watch"] += done
         return done
 
@@ -80,7 +86,7 @@ def test_extension_hooks_give_the_python_hooks_bits(monkeypatch, micro, slab_row
         calls["writer"] += w is not None
         return w
 
-    monkeypatch.setattr(StatsAccumulator, "watch_grad", counted_watch)
+    monkeypatch.setattr(StatsAccumulator, "add_and_watch", counted_watch)
     monkeypatch.setattr(StatsAccumulator, "grad_writer", counted_writer)
     a = _record(copy.deepcopy(net), True, monkeypatch, micro, slab_rows)
     assert calls["watch"] >= 3 * micro * 6 and calls["writer"] >= 8  # the extension's hooks really ran
@@ -102,6 +108,7 @@ def test_probe_with_extension_hooks_matches_python_hooks(monkeypatch):
     net, x = _Net(), torch.randn(5, 3, 12)
     a = probe(copy.deepcopy(net), x)
     monkeypatch.setattr(StatsAccumulator, "watch_grad", lambda self, key, t, unit_dim=None: False)
+    monkeypatch.setattr(StatsAccumulator, "add_and_watch", _add_only)
     b = probe(copy.deepcopy(net), x)
     for la, lb in zip(a.layers, b.layers):
         assert la.name == lb.name

@@ -38,6 +38,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -995,6 +996,7 @@ struct Sink {
   at::Tensor scal, counts, nonzero, cursor;
   std::vector<int64_t> edges;
   int64_t generation = 0;
+  int64_t hook_ns = 0;  // time spent in write() by the hooks, in total
   std::mutex mu;
 
   Sink(at::Tensor s, at::Tensor c, at::Tensor z, at::Tensor cur, std::vector<int64_t> e)
@@ -1035,11 +1037,11 @@ struct Sink {
     return got;
   }
 
-  std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t> measure(const at::Tensor& x, c10::optional<int64_t> unit_dim,
-                                                                   bool band, double centre, double threshold,
-                                                                   int64_t tag) {
+  // measure_locked for Python (add()): the nonzero slots of the row written, 0 where declined
+  int64_t measure(const at::Tensor& x, c10::optional<int64_t> unit_dim, bool band, double centre, double threshold,
+                  int64_t tag) {
     std::lock_guard<std::mutex> lock(mu);
-    return measure_locked(x, unit_dim, band, centre, threshold, tag);
+    return std::get<1>(measure_locked(x, unit_dim, band, centre, threshold, tag));
   }
 
   // measure of xs[start:] (no units, no band) under tags[start:], in order, until the first
@@ -1064,6 +1066,12 @@ struct Sink {
   void write(const at::Tensor& g, int64_t tag, c10::optional<int64_t> unit_dim, int64_t gen) {
     std::lock_guard<std::mutex> lock(mu);
     if (gen >= 0 && gen != generation) return;
+    const auto start = std::chrono::steady_clock::now();
+    struct Clock {  // the time in hooks, for the benchmarks (benchmarks/recorder_hooks.py)
+      std::chrono::steady_clock::time_point start;
+      int64_t& total;
+      ~Clock() { total += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count(); }
+    } clock{start, hook_ns};
     at::Tensor x = g.layout() == c10::kStrided ? g : g.to_dense();
     auto got = measure_locked(x, unit_dim, false, 0.0, 0.0, tag);
     if (std::get<1>(got) == 0 && std::get<0>(got) > 0 && x.device().is_cpu() && x.scalar_type() == at::kFloat)
@@ -1086,20 +1094,32 @@ struct Sink {
 };
 
 // A hook on the non-leaf tensor t that measures its gradient into the sink under `tag`, with
-// units along unit_dim; false (nothing done) where t is not a float32 CPU tensor with values
-// and a grad_fn (the caller registers a Python hook instead).
-bool sink_hook(const std::shared_ptr<Sink>& sink, const at::Tensor& t, int64_t tag, c10::optional<int64_t> unit_dim) {
+// units along unit_dim, in the sink's current generation (the caller holds its mutex); false
+// (nothing done) where t is not a float32 CPU tensor with values and a grad_fn (the caller
+// registers a Python hook instead).
+bool hook_locked(const std::shared_ptr<Sink>& sink, const at::Tensor& t, int64_t tag, c10::optional<int64_t> unit_dim) {
   if (!t.requires_grad() || !t.grad_fn() || !t.device().is_cpu() || t.scalar_type() != at::kFloat ||
       t.layout() != c10::kStrided || !t.numel())
     return false;
-  int64_t gen;
-  {
-    std::lock_guard<std::mutex> lock(sink->mu);
-    gen = sink->generation;
-  }
   std::shared_ptr<Sink> s = sink;
+  const int64_t gen = sink->generation;
   t.register_hook([s, tag, unit_dim, gen](const at::Tensor& g) { s->write(g, tag, unit_dim, gen); });
   return true;
+}
+
+bool sink_hook(const std::shared_ptr<Sink>& sink, const at::Tensor& t, int64_t tag, c10::optional<int64_t> unit_dim) {
+  std::lock_guard<std::mutex> lock(sink->mu);
+  return hook_locked(sink, t, tag, unit_dim);
+}
+
+// A forward hook's two calls in one: x measured into a row tagged `tag` and, where grad_tag >= 0,
+// its gradient hooked under grad_tag. 0: x declined (nothing done); 1: measured; 2: measured and
+// its gradient hooked.
+int64_t sink_measure_watch(const std::shared_ptr<Sink>& sink, const at::Tensor& x, c10::optional<int64_t> unit_dim,
+                           bool band, double centre, double threshold, int64_t tag, int64_t grad_tag) {
+  std::lock_guard<std::mutex> lock(sink->mu);
+  if (std::get<1>(sink->measure_locked(x, unit_dim, band, centre, threshold, tag)) == 0) return 0;
+  return grad_tag >= 0 && hook_locked(sink, x, grad_tag, unit_dim) ? 2 : 1;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -1121,7 +1141,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("measure_many", &Sink::measure_many)
       .def("clear", &Sink::clear)
       .def("retire", &Sink::retire)
+      .def_property_readonly("hook_ns", [](Sink& s) { return s.hook_ns; })
       .def("hook", &sink_hook)
+      .def("measure_watch", &sink_measure_watch)
       .def("writer", [](const std::shared_ptr<Sink>& s, int64_t tag) {
         return py::cpp_function([s, tag](const at::Tensor& g) { s->write(g, tag, c10::nullopt, -1); });
       });

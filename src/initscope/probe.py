@@ -238,8 +238,10 @@ class Tap:
             if call.main is None:
                 call.main = j
             out.unit_dim = self._unit_dim(info, shape)
-            self.acc.add((ci, j, "fwd"), t, unit_dim=out.unit_dim, saturation=info.band)
-            if t.requires_grad:
+            # measured, and its gradient hooked by the kernel's extension where it takes t
+            out.hooked = self.acc.add_and_watch((ci, j, "fwd"), t, (ci, j, "bwd"), unit_dim=out.unit_dim,
+                                                saturation=info.band)
+            if t.requires_grad and not out.hooked:
                 self._hook_grad(t, (ci, j, "bwd"), out)
 
     def _hook_grad(self, t: torch.Tensor, key: tuple, out: _Out) -> None:

@@ -384,7 +384,21 @@ class StatsAccumulator:
             return False
         centre, half = saturation if saturation is not None else (0.0, 0.0)
         return self._sink.measure(x, unit_dim, saturation is not None, centre, SATURATION_LEVEL * half,
-                                  self._tag(key))[1] != 0
+                                  self._tag(key)) != 0
+
+    def add_and_watch(self, key: Hashable, x: torch.Tensor, grad_key: Hashable, *, unit_dim: int | None = None,
+                      saturation: tuple[float, float] | None = None) -> bool:
+        """:meth:`add` of ``x`` and, where ``x`` requires grad, :meth:`watch_grad` of it under
+        ``grad_key``: a forward hook's two calls, in one call of the extension where it takes
+        ``x``. Returns whether the gradient is watched (if not, hook it in Python)."""
+        if x.dtype is torch.float32 and x.is_cpu and self._fused() is not None:
+            centre, half = saturation if saturation is not None else (0.0, 0.0)
+            got = self._sink.measure_watch(x, unit_dim, saturation is not None, centre, SATURATION_LEVEL * half,
+                                           self._tag(key), self._tag(grad_key) if _CURRENT_TASK else -1)
+            if got:
+                return got == 2
+        self.add(key, x, unit_dim=unit_dim, saturation=saturation)
+        return x.requires_grad and self.watch_grad(grad_key, x, unit_dim)
 
     def _queued(self) -> list[tuple[Hashable, _Pending | Stats]]:
         """Everything queued, in the order it was added: the slab's rows (each as a _Pending of
