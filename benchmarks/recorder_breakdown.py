@@ -1,5 +1,6 @@
 """Where a recorded training step's extra time goes (issue 16): the statistics kernel
-(the fused kernel's calls, or ``stats._measure`` on the torch-ops path, timed by a wrapper), the rest of the hooks, and the flush in
+(the fused kernel's calls from Python and the time of the gradient hooks the extension runs by
+its own clock, or ``stats._measure`` on the torch-ops path, timed by a wrapper), the rest of the hooks, and the flush in
 ``Recorder.step()``; plus minor page faults. One Recorder(every=1) is kept for the run; plain
 steps disarm its hooks; the two kinds of step alternate; medians.
 
@@ -41,10 +42,15 @@ def _one(model, opt, x, y, rec) -> tuple[float, float, float, int, int]:
     """(fwd+bwd+opt s, step() s, kernel s inside fwd+bwd, tensors measured there, minor faults)."""
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     _clock["s"], _clock["calls"] = 0.0, 0
+    sink = getattr(rec._acc, "_sink", None) if rec is not None else None
+    ns = getattr(sink, "hook_ns", 0)
     t0 = time.perf_counter()
     po._step(model, opt, x, y)
     t1 = time.perf_counter()
-    kern, calls = _clock["s"], _clock["calls"]  # step() re-arms: the next step's parameter values
+    # step() re-arms: the next step's parameter values
+    kern, calls = _clock["s"] + (getattr(sink, "hook_ns", 0) - ns) * 1e-9, _clock["calls"]
+    if sink is not None:  # the slab's rows: the step's tensors, the parameter values queued before it
+        calls = rec._acc._slab.rows - len(rec._value_keys)
     if rec is not None:
         rec.step()
     t2 = time.perf_counter()
@@ -84,6 +90,9 @@ def main() -> None:
         ext.fused_stats = _timed(ext.fused_stats)
         if hasattr(ext, "measure_row"):  # add()'s usual path, which calls the kernel inside C++
             ext.measure_row = _timed(ext.measure_row)
+        if hasattr(ext, "Sink"):  # the slab's owner: add() and the forward hooks call the kernel through it
+            for name in ("measure", "measure_watch"):
+                setattr(ext.Sink, name, _timed(getattr(ext.Sink, name)))
     else:  # the torch-ops path
         S._measure = _timed(_measure)
     for name in sys.argv[3].split(",") if len(sys.argv) > 3 else ("cnn", "mlp", "transformer"):
