@@ -26,13 +26,14 @@ class _Swap(nn.Module):
 
 
 class _Net(nn.Module):
-    """Conv units, a permuted output, a float64 branch (a Python hook), a checkpointed segment
-    (recomputed inside the backward pass) and an output whose gradient is expanded (stride 0)."""
+    """Conv units, an in-place ReLU, a permuted output, a float64 branch (a Python hook), a
+    checkpointed segment (recomputed inside the backward pass) and an output whose gradient is
+    expanded (stride 0)."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv1d(3, 8, 3, padding=1)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)  # modifies the conv's output after its hook was registered
         self.swap = _Swap()
         self.seg = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
         self.wide = nn.Linear(8, 4).double()
@@ -129,9 +130,11 @@ def test_the_users_own_hooks_still_run_around_ours():
         net[0].weight.register_hook(lambda g: seen.append("param, after"))
         h = net[0](torch.randn(3, 4))
         h.register_hook(lambda g: seen.append("activation"))
+        h.retain_grad()
         net[2](net[1](h)).sum().backward()
         rec.step()
     assert sorted(seen) == ["activation", "param, after", "param, before"]
+    assert h.grad is not None and h.grad.shape == (3, 8)
     assert ("0.weight", "grad") in rec.steps[0].keys and ("0", "backward") in rec.steps[0].keys
 
 
@@ -162,3 +165,29 @@ def test_watch_grad_declines_what_the_extension_does_not_take():
     assert not acc.watch_grad("no grad", torch.randn(3, 4) * 2)
     assert acc.grad_writer("f64", torch.randn(3, dtype=torch.float64, requires_grad=True)) is None
     assert acc.watch_grad("ok", leaf * 2)
+    assert acc.add_and_watch("measured, no gradient", torch.randn(3, 4), "g") is False
+    assert acc.add_and_watch("measured and watched", leaf * 2, "g") is True
+    assert acc.fused_keys() == ["measured, no gradient", "measured and watched"]
+
+
+def test_without_the_current_graph_task_every_gradient_hook_is_a_python_one(monkeypatch):
+    """torch before 2.1 cannot tell a recomputation from a forward call by itself: there the Tap
+    keeps Python hooks, whose first call marks the backward pass's start, and records the same."""
+    import importlib
+
+    from initscope import stats as stats_module
+    probe_module = importlib.import_module("initscope.probe")  # the module (the package exports the function)
+
+    torch.manual_seed(0)
+    net = _Net()
+    a = _record(copy.deepcopy(net), True, monkeypatch)
+    monkeypatch.setattr(stats_module, "_CURRENT_TASK", False)
+    monkeypatch.setattr(probe_module, "_in_backward", lambda: False)
+    acc = StatsAccumulator()
+    assert not acc.watch_grad("k", torch.randn(3, requires_grad=True) * 2)
+    assert acc.add_and_watch("k", torch.randn(3, requires_grad=True) * 2, "g") is False
+    b = _record(copy.deepcopy(net), True, monkeypatch)
+    for sa, sb in zip(a.steps, b.steps):
+        assert sa.keys == sb.keys
+        np.testing.assert_array_equal(sa.values, sb.values)
+    assert dict(zip(b.steps[0].keys, b.steps[0].counts))[("seg.1", "backward")] == 5 * 12 * 16

@@ -50,8 +50,11 @@ _CHANNELS_FIRST = (
 
 
 def _in_backward() -> bool:
-    """Whether autograd is running a backward pass now (a forward call here is a recomputation)."""
-    return torch._C._current_graph_task_id() != -1
+    """Whether autograd is running a backward pass now (a forward call here is a recomputation);
+    False where torch cannot tell (before 2.1: there every gradient hook is a Python one, and
+    the first of them marks the backward pass's start)."""
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is not None and task() != -1
 
 
 def _band(module: nn.Module) -> tuple[float, float] | None:
