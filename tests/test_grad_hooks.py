@@ -191,3 +191,32 @@ def test_without_the_current_graph_task_every_gradient_hook_is_a_python_one(monk
         assert sa.keys == sb.keys
         np.testing.assert_array_equal(sa.values, sb.values)
     assert dict(zip(b.steps[0].keys, b.steps[0].counts))[("seg.1", "backward")] == 5 * 12 * 16
+
+
+class _Wrapped(torch.Tensor):
+    """A wrapper tensor subclass that dispatches to Python, as a DTensor does."""
+
+    @staticmethod
+    def __new__(cls, inner):
+        out = torch.Tensor._make_wrapper_subclass(cls, inner.shape, dtype=inner.dtype, device=inner.device,
+                                                  requires_grad=inner.requires_grad)
+        out.inner = inner
+        return out
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        from torch.utils._pytree import tree_map
+        out = func(*tree_map(lambda t: t.inner if isinstance(t, _Wrapped) else t, args), **(kwargs or {}))
+        return tree_map(lambda t: _Wrapped(t) if isinstance(t, torch.Tensor) else t, out)
+
+
+def test_the_extension_declines_a_tensor_subclass_that_dispatches_to_python():
+    """A DTensor-like wrapper has no data of its own to read: the extension neither measures it
+    nor hooks its gradient (the caller's other paths decide), where it used to reach its data."""
+    acc = StatsAccumulator()
+    assert acc._fused() is not None
+    x = _Wrapped(torch.randn(4, 3))
+    assert acc._sink.measure(x, None, False, 0.0, 0.0, 0) == 0 and len(acc) == 0
+    y = _Wrapped(torch.randn(4, 3)) * 2
+    y.requires_grad_()
+    assert not acc._sink.hook(y * 1, 0, None)

@@ -857,7 +857,9 @@ std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t> measure_row(
   TORCH_CHECK(cursor.scalar_type() == at::kLong && cursor.is_contiguous() && cursor.numel() == 2,
               "measure_row: the cursor is int64 [rows, slots]");
   const int64_t n = x.numel();
-  if (x.layout() != c10::kStrided || !x.device().is_cpu() || x.scalar_type() != at::kFloat || !n)
+  // a tensor subclass that dispatches to Python (a DTensor) or has no storage: not read here
+  if (x.layout() != c10::kStrided || !x.device().is_cpu() || x.scalar_type() != at::kFloat || !n ||
+      !x.has_storage() || x.key_set().has(c10::DispatchKey::Python))
     return {n, 0, -1, 0, 0};
   // memory order: the dimensions by decreasing stride (a stable sort, as initscope._native._layout)
   const int64_t dims = x.dim();
@@ -1099,7 +1101,7 @@ struct Sink {
 // registers a Python hook instead).
 bool hook_locked(const std::shared_ptr<Sink>& sink, const at::Tensor& t, int64_t tag, c10::optional<int64_t> unit_dim) {
   if (!t.requires_grad() || !t.grad_fn() || !t.device().is_cpu() || t.scalar_type() != at::kFloat ||
-      t.layout() != c10::kStrided || !t.numel())
+      t.layout() != c10::kStrided || !t.numel() || !t.has_storage() || t.key_set().has(c10::DispatchKey::Python))
     return false;
   std::shared_ptr<Sink> s = sink;
   const int64_t gen = sink->generation;
