@@ -220,3 +220,22 @@ def test_the_extension_declines_a_tensor_subclass_that_dispatches_to_python():
     y = _Wrapped(torch.randn(4, 3)) * 2
     y.requires_grad_()
     assert not acc._sink.hook(y * 1, 0, None)
+
+
+def test_a_tensor_elsewhere_than_the_cpu_does_not_load_the_cpu_kernel():
+    acc = StatsAccumulator()
+    t = torch.randn(3, 4, device="meta", requires_grad=True) * 2  # as a CUDA activation would be
+    p = nn.Parameter(torch.randn(3, 4, device="meta"))
+    assert not acc.watch_grad("k", t) and acc.grad_writer("p", p) is None
+    assert acc._sink is None and acc._slab is None
+
+
+@pytest.mark.gpu
+def test_a_recorder_on_a_gpu_keeps_the_python_hooks_and_loads_no_cpu_kernel():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)).cuda()
+    with Recorder(net, every=1) as rec:
+        net(torch.randn(16, 4, device="cuda")).sum().backward()
+        rec.step()
+        assert rec._acc._sink is None
+    assert ("0", "backward") in rec.steps[0].keys and ("0.weight", "grad") in rec.steps[0].keys

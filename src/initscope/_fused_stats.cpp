@@ -986,8 +986,8 @@ int64_t set_max_parts(int64_t n) {
 // it. Autograd calls such a hook in C++, with no Python between it and the kernel: through
 // Tensor.register_hook, Tap._grad and StatsAccumulator.add a gradient cost ~10-25 us of Python
 // in a training step (cold caches), ~80 of them a step for a small transformer. Each row carries
-// a tag (column kTag; -1 for rows Python writes and accounts for itself) naming its key, so that
-// Python can read the rows the hooks wrote, in the order of the slab's cursor. The buffers grow
+// a tag (column kTag) naming its key, whoever wrote it, so that Python reads the step's keys and
+// rows from the slab in the order of its cursor, with no object per row. The buffers grow
 // here when full (doubling), so a hook never needs Python; Python reads them back through
 // buffers(). A hook registered on a non-leaf tensor holds the Sink and the generation it was
 // registered in; clear() starts a new generation and leaves the older hooks inert (Python's

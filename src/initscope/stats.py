@@ -344,7 +344,8 @@ class StatsAccumulator:
         hooks already on it); False, and nothing done, for any other (hook it in Python, with
         :meth:`add`). The hook goes inert at the next :meth:`clear` (and so after
         :meth:`to_host` and the other reads) or :meth:`retire_hooks`, as a removed Python hook would."""
-        if t.grad_fn is None or t.dtype is not torch.float32 or not _CURRENT_TASK or self._fused() is None:
+        if t.grad_fn is None or t.dtype is not torch.float32 or not t.is_cpu or not _CURRENT_TASK \
+                or self._fused() is None:  # on a GPU the CPU kernel is not even loaded
             return False
         return self._sink.hook(t, self._tag(key), unit_dim)
 
