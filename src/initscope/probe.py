@@ -2,8 +2,9 @@
 leave the model exactly as found.
 
 :func:`probe` watches layers with forward hooks. Each hook measures the layer's output on
-device and, where the output requires grad, attaches ``tensor.register_hook`` to measure the
-gradient with respect to it (``register_full_backward_hook`` fails with inplace ReLU). All
+device and, where the output requires grad, attaches a tensor hook to measure the gradient
+with respect to it (``register_full_backward_hook`` fails with inplace ReLU): on the CPU one
+the kernel's extension registers and autograd calls in C++, else ``tensor.register_hook``. All
 statistics move to the host once, at the end. Parameters, buffers, ``.grad``, train/eval
 flags, ``requires_grad`` and the global RNG states are restored, also when the model raises.
 
@@ -127,7 +128,8 @@ class Tap:
     """Forward hooks on watched modules that feed a :class:`StatsAccumulator`.
 
     A context manager: hooks are registered on entry and removed on exit, together with
-    every tensor hook it attached. Forward hooks that fire outside the root module's forward
+    every tensor hook it attached (the extension's, which cannot be removed without the tensor,
+    go inert). Forward hooks that fire outside the root module's forward
     after a backward pass has started are recomputations (gradient checkpointing): they are
     not measured again (unless the root's forward never ran, as in a LightningModule whose
     ``training_step`` calls its children: then every call is measured), but attach gradient hooks where the first pass could not. The k-th
