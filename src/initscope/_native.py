@@ -97,7 +97,7 @@ def _build() -> object:
 COUNTS = 256 + 1 + 4 + 3
 #: Columns a slab's counts row has after those: the kernel's own description of the row (value
 #: count, offset and width of its nonzero counts, flags: 1 units, 2 band), read by step_table,
-#: and the tag of the key the extension's gradient hooks write a row under (-1: Python's own row).
+#: and the tag that names the row's key (see StatsAccumulator; -1 until measure_into's caller tags it).
 META = 5
 TAG = COUNTS + 4
 

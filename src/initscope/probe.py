@@ -135,7 +135,8 @@ class Tap:
     ``training_step`` calls its children: then every call is measured), but attach gradient hooks where the first pass could not. The k-th
     recomputed call of a module is matched to its k-th original call; a module shared across
     several reentrant checkpoint segments may have its gradient statistics attributed to the
-    wrong one of its calls.
+    wrong one of its calls. After a backward pass, the next forward's recomputations are matched
+    to that forward's calls (micro-batches, each with its own backward pass).
 
     Args:
         model: the root module.
@@ -164,6 +165,7 @@ class Tap:
         self.root_called = False  # a LightningModule's forward may never run (training_step calls its children)
         self._counts: dict[str, int] = {}
         self._recomputed: dict[str, int] = {}
+        self._batch_start = 0  # the first call of the forward pass the recomputations belong to
         self._last: tuple[tuple[int, ...], int | None] = ((), None)
 
     def __enter__(self) -> Tap:
@@ -204,6 +206,7 @@ class Tap:
         if self.backward_started:  # a new forward (e.g. the next micro-batch)
             self.backward_started = False
             self._recomputed.clear()
+            self._batch_start = len(self.calls)  # its recomputations match its own calls
         self.in_root = self.root_called = True
 
     def _root_exit(self, module: nn.Module, args: object, output: object) -> None:
@@ -263,7 +266,7 @@ class Tap:
     def _recompute(self, name: str, output: object) -> None:
         k = self._recomputed.get(name, 0)
         self._recomputed[name] = k + 1
-        matches = [i for i, c in enumerate(self.calls) if c.name == name]
+        matches = [i for i, c in enumerate(self.calls[self._batch_start:], self._batch_start) if c.name == name]
         if k >= len(matches):
             return
         ci = matches[k]
