@@ -220,7 +220,7 @@ def test_the_extension_declines_a_tensor_subclass_that_dispatches_to_python():
     acc = StatsAccumulator()
     assert acc._fused() is not None
     x = _Wrapped(torch.randn(4, 3))
-    assert acc._sink.measure(x, None, False, 0.0, 0.0, 0) == 0 and len(acc) == 0
+    assert acc._sink.measure_watch(x, None, False, 0.0, 0.0, 0, -1) == 0 and len(acc) == 0
     y = _Wrapped(torch.randn(4, 3)) * 2
     y.requires_grad_()
     assert not acc._sink.hook(y * 1, 0, None)

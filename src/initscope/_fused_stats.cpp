@@ -1039,13 +1039,6 @@ struct Sink {
     return got;
   }
 
-  // measure_locked for Python (add()): the nonzero slots of the row written, 0 where declined
-  int64_t measure(const at::Tensor& x, c10::optional<int64_t> unit_dim, bool band, double centre, double threshold,
-                  int64_t tag) {
-    std::lock_guard<std::mutex> lock(mu);
-    return std::get<1>(measure_locked(x, unit_dim, band, centre, threshold, tag));
-  }
-
   // measure of xs[start:] (no units, no band) under tags[start:], in order, until the first
   // tensor measure_row declines: its index (xs.size() when none), for the caller to measure
   // another way before it calls again from the next.
@@ -1053,12 +1046,8 @@ struct Sink {
     TORCH_CHECK(tags.size() == xs.size() && start >= 0, "Sink.measure_many: one tag per tensor");
     std::lock_guard<std::mutex> lock(mu);
     const int64_t n = int64_t(xs.size());
-    grow_locked(n - start, n - start);  // no units: one nonzero slot a row
-    for (int64_t i = start; i < n; ++i) {
-      const auto got = measure_row(xs[i], c10::nullopt, false, 0.0, 0.0, edges, scal, counts, nonzero, cursor);
-      if (std::get<1>(got) <= 0) return i;
-      counts.data_ptr<int64_t>()[std::get<3>(got) * counts.size(1) + kTag] = tags[i];
-    }
+    for (int64_t i = start; i < n; ++i)
+      if (std::get<1>(measure_locked(xs[i], c10::nullopt, false, 0.0, 0.0, tags[i])) == 0) return i;
     return n;
   }
 
@@ -1114,9 +1103,9 @@ bool sink_hook(const std::shared_ptr<Sink>& sink, const at::Tensor& t, int64_t t
   return hook_locked(sink, t, tag, unit_dim);
 }
 
-// A forward hook's two calls in one: x measured into a row tagged `tag` and, where grad_tag >= 0,
-// its gradient hooked under grad_tag. 0: x declined (nothing done); 1: measured; 2: measured and
-// its gradient hooked.
+// StatsAccumulator.add's one call (grad_tag -1), and a forward hook's two calls in one: x measured
+// into a row tagged `tag` and, where grad_tag >= 0, its gradient hooked under grad_tag. 0: x
+// declined (nothing done); 1: measured; 2: measured and its gradient hooked.
 int64_t sink_measure_watch(const std::shared_ptr<Sink>& sink, const at::Tensor& x, c10::optional<int64_t> unit_dim,
                            bool band, double centre, double threshold, int64_t tag, int64_t grad_tag) {
   std::lock_guard<std::mutex> lock(sink->mu);
@@ -1139,7 +1128,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         std::lock_guard<std::mutex> lock(s.mu);
         s.grow_locked(rows, width);
       })
-      .def("measure", &Sink::measure)
       .def("measure_many", &Sink::measure_many)
       .def("clear", &Sink::clear)
       .def("retire", &Sink::retire)

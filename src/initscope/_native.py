@@ -129,7 +129,7 @@ class Slab:
 
     def sink(self, ext: object, edges: list[int]) -> object:
         """The extension's ``Sink`` over these buffers (made on the first call; ``edges`` as for
-        :func:`fused`): its ``measure``, ``measure_many``, ``hook`` and ``writer`` fill rows."""
+        :func:`fused`): its ``measure_watch``, ``measure_many``, ``hook`` and ``writer`` fill rows."""
         if self._sink is None:
             self._sink = ext.Sink(self.scal, self.counts, self.nonzero, self.cursor, edges)
         return self._sink

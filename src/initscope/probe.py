@@ -35,7 +35,7 @@ from initscope import _validate as check
 from initscope._select import ModuleSelection, select_modules
 from initscope._state import call, main_output, map_tensors, preserved
 from initscope.errors import ForwardError, LossError, ModelError, ShapeError
-from initscope.stats import StatsAccumulator
+from initscope.stats import _CURRENT_TASK, StatsAccumulator
 from initscope.trace import LayerRecord, OutputRecord, ParamRecord, Trace
 
 __all__ = ["probe", "Trace", "LayerRecord", "OutputRecord", "ParamRecord", "select_modules"]
@@ -54,8 +54,7 @@ def _in_backward() -> bool:
     """Whether autograd is running a backward pass now (a forward call here is a recomputation);
     False where torch cannot tell (before 2.1: there every gradient hook is a Python one, and
     the first of them marks the backward pass's start)."""
-    task = getattr(torch._C, "_current_graph_task_id", None)
-    return task is not None and task() != -1
+    return _CURRENT_TASK and torch._C._current_graph_task_id() != -1
 
 
 def _band(module: nn.Module) -> tuple[float, float] | None:
@@ -249,14 +248,19 @@ class Tap:
             # measured, and its gradient hooked by the kernel's extension where it takes t
             out.hooked = self.acc.add_and_watch((ci, j, "fwd"), t, (ci, j, "bwd"), unit_dim=out.unit_dim,
                                                 saturation=info.band)
-            if t.requires_grad and not out.hooked:
-                self._hook_grad(t, (ci, j, "bwd"), out)
+            if t.requires_grad and not out.hooked:  # add_and_watch tried the extension's hook
+                self._python_hook(t, (ci, j, "bwd"), out)
 
     def _hook_grad(self, t: torch.Tensor, key: tuple, out: _Out) -> None:
         # a hook of the kernel's extension where it takes t (it goes inert with the accumulator's
         # clear() or this Tap's exit), else a Python hook
-        if not self.acc.watch_grad(key, t, out.unit_dim):
-            self._tensor_handles.append(t.register_hook(functools.partial(self._grad, key, out.unit_dim)))
+        if self.acc.watch_grad(key, t, out.unit_dim):
+            out.hooked = True
+        else:
+            self._python_hook(t, key, out)
+
+    def _python_hook(self, t: torch.Tensor, key: tuple, out: _Out) -> None:
+        self._tensor_handles.append(t.register_hook(functools.partial(self._grad, key, out.unit_dim)))
         out.hooked = True
 
     def _grad(self, key: tuple, unit_dim: int | None, grad: torch.Tensor) -> None:

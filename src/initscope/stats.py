@@ -301,8 +301,13 @@ class StatsAccumulator:
             unit_dim: dimension that indexes units (channels, features); None for no units.
             saturation: (centre, half_width) of a bounded activation's range, or None.
         """
-        if x.dtype is torch.float32 and x.is_cpu and self._slab_row(key, x, unit_dim, saturation):
-            return
+        if not (x.dtype is torch.float32 and x.is_cpu and self._slab_row(key, x, unit_dim, saturation)):
+            self._add_general(key, x, unit_dim, saturation)
+
+    def _add_general(self, key: Hashable, x: torch.Tensor, unit_dim: int | None,
+                     saturation: tuple[float, float] | None) -> None:
+        """:meth:`add` for what the kernel's one call declined or cannot take: empty tensors,
+        other dtypes and devices, memory with gaps (copied), the kernel off."""
         if not x.is_floating_point():
             raise TypeError(f"statistics need a floating tensor, got {x.dtype}")
         if x.dim() < 2:
@@ -376,29 +381,29 @@ class StatsAccumulator:
         return ext
 
     def _slab_row(self, key: Hashable, x: torch.Tensor, unit_dim: int | None,
-                  saturation: tuple[float, float] | None) -> bool:
+                  saturation: tuple[float, float] | None, grad_tag: int = -1) -> int:
         """:meth:`add` for a float32 CPU tensor whose memory has no gaps, in the fewest steps (a
         hook's, ~150 hooks a step, where each Python operation meets caches the step has made cold):
-        the fused kernel writes one tagged slab row, no torch op runs on ``x``. False, and nothing
-        done, where the kernel is off, ``x`` is empty or its memory has gaps."""
+        the fused kernel writes one tagged slab row, no torch op runs on ``x``; with ``grad_tag``
+        >= 0, ``x``'s gradient hooked under that tag too, where the extension takes ``x``. 0, and
+        nothing done, where the kernel is off, ``x`` is empty or its memory has gaps; 1 measured;
+        2 measured and the gradient hooked."""
         if self._fused() is None:
-            return False
+            return 0
         centre, half = saturation if saturation is not None else (0.0, 0.0)
-        return self._sink.measure(x, unit_dim, saturation is not None, centre, SATURATION_LEVEL * half,
-                                  self._tag(key)) != 0
+        return self._sink.measure_watch(x, unit_dim, saturation is not None, centre, SATURATION_LEVEL * half,
+                                        self._tag(key), grad_tag)
 
     def add_and_watch(self, key: Hashable, x: torch.Tensor, grad_key: Hashable, *, unit_dim: int | None = None,
                       saturation: tuple[float, float] | None = None) -> bool:
         """:meth:`add` of ``x`` and, where ``x`` requires grad, :meth:`watch_grad` of it under
         ``grad_key``: a forward hook's two calls, in one call of the extension where it takes
         ``x``. Returns whether the gradient is watched (if not, hook it in Python)."""
-        if x.dtype is torch.float32 and x.is_cpu and self._fused() is not None:
-            centre, half = saturation if saturation is not None else (0.0, 0.0)
-            got = self._sink.measure_watch(x, unit_dim, saturation is not None, centre, SATURATION_LEVEL * half,
-                                           self._tag(key), self._tag(grad_key) if _CURRENT_TASK else -1)
+        if x.dtype is torch.float32 and x.is_cpu:
+            got = self._slab_row(key, x, unit_dim, saturation, self._tag(grad_key) if _CURRENT_TASK else -1)
             if got:
                 return got == 2
-        self.add(key, x, unit_dim=unit_dim, saturation=saturation)
+        self._add_general(key, x, unit_dim, saturation)  # the kernel's call, if any, declined x
         return x.requires_grad and self.watch_grad(grad_key, x, unit_dim)
 
     def _queued(self) -> list[tuple[Hashable, _Pending | Stats]]:
