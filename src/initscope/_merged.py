@@ -107,7 +107,13 @@ class MergedStats:
             if last[3] is not None:
                 np.add(last[3], np.concatenate([u for u in units if u is not None]), out=last[3])
             return last[2], np.zeros(len(keys), bool)
-        rows = [self._row(k, u) for k, u in zip(keys, units)]
+        if not self.index:  # the first step (a fresh Recorder's): every key new, rows 0, 1, ...
+            self._grow(len(keys))
+            self.index = dict(zip(keys, range(len(keys))))
+            self.units = list(units)  # replaced below by views of one copy
+            rows = [(i, True) for i in range(len(keys))]
+        else:
+            rows = [self._row(k, u) for k, u in zip(keys, units)]
         order = [i for i, _ in rows]  # distinct, as the keys are
         idx: np.ndarray | slice = np.array(order, np.intp)
         if order and order == list(range(order[0], order[0] + len(order))):
@@ -129,8 +135,7 @@ class MergedStats:
         i = self.index.get(key)
         if i is None:
             i = self.index[key] = len(self.index)
-            if i == len(self.count):
-                self._grow()
+            self._grow(i + 1)
             self.units.append(None if units_now is None else units_now.copy())
             return i, True
         units = self.units[i]
@@ -141,8 +146,19 @@ class MergedStats:
             units += units_now
         return i, False
 
-    def _grow(self) -> None:
+    def _grow(self, rows: int) -> None:
+        """Room for ``rows`` rows: the arrays double until they hold them."""
+        size = len(self.count)
+        if rows <= size:
+            return
+        size = max(size, 1)
+        while size < rows:
+            size *= 2
+        used = len(self.count) if self.index else 0  # no key yet: no row to copy
         for name in ("count", "moments", "lo", "hi", "ints", "has_sat", "hist", "formats"):
             a = getattr(self, name)
-            fill = {"lo": math.inf, "hi": -math.inf}.get(name, 0)
-            setattr(self, name, np.concatenate([a, np.full_like(a, fill)]))
+            fill = {"lo": math.inf, "hi": -math.inf}.get(name)
+            # zeros from calloc: pages the first step's rows touch, not a copy of the unused ones
+            b = np.zeros((size, *a.shape[1:]), a.dtype) if fill is None else np.full((size, *a.shape[1:]), fill)
+            b[:used] = a[:used]
+            setattr(self, name, b)
