@@ -21,13 +21,19 @@ or fresh (<= 1.05x for the ResNet at batch 256 on a GPU), off-step <= 1.01x. Wit
 cuda the recording step also runs under torch.cuda.set_sync_debug_mode("error") to show that
 no hook synchronises with the host (the one transfer in Recorder.step() is outside that check).
 
+Besides the CNN, the MLP and the transformer (the default set on the CPU) and the ResNet (added
+on a GPU), --models takes gpt2, llama and bert: transformers models built from config (4 layers
+of width 128, training mode, dropout on) trained as language models on random tokens (batch 8,
+sequence 128); they need the ``transformers`` extra.
+
 Usage:
     python benchmarks/probe_overhead.py [--device cuda [--torch-ops] [--triton-config T,W,P]] [--repeats 9]
-        [--models cnn,mlp]
+        [--models cnn,mlp,gpt2]
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -79,12 +85,37 @@ def _resnet() -> nn.Module:
     return _cnn()
 
 
-# name -> (factory, input shape, batch dimension first); targets are class indices
+_VOCAB = 1024
+# transformers models built from config (no weights), in training mode (dropout on), trained as
+# language models on random tokens: (class, config class, config)
+_HF = {
+    "gpt2": ("GPT2LMHeadModel", "GPT2Config", {"vocab_size": _VOCAB, "n_embd": 128, "n_layer": 4, "n_head": 4,
+                                              "n_positions": 128, "bos_token_id": 0, "eos_token_id": 0}),
+    "llama": ("LlamaForCausalLM", "LlamaConfig", {"vocab_size": _VOCAB, "hidden_size": 128, "intermediate_size": 344,
+                                                  "num_hidden_layers": 4, "num_attention_heads": 4,
+                                                  "num_key_value_heads": 2, "max_position_embeddings": 128}),
+    "bert": ("BertForMaskedLM", "BertConfig", {"vocab_size": _VOCAB, "hidden_size": 128, "intermediate_size": 512,
+                                               "num_hidden_layers": 4, "num_attention_heads": 4,
+                                               "max_position_embeddings": 128}),
+}
+
+
+def _hf(name: str) -> nn.Module:
+    import transformers  # an optional extra: only these models need it
+
+    cls, config, kwargs = _HF[name]
+    return getattr(transformers, cls)(getattr(transformers, config)(**kwargs)).train()
+
+
+# name -> (factory, input shape, batch dimension first); targets are class indices (token ids
+# for the transformers models, whose input is token ids too)
 MODELS = {
     "cnn": ("plain CNN, 20 conv x 32 ch, 32x32, batch 64", _cnn, (64, 3, 32, 32)),
     "mlp": ("MLP 8 x 1024, batch 256", _mlp, (256, 1024)),
     "transformer": ("transformer 4 x d64, seq 64, batch 32", _transformer, (32, 64, 64)),
     "resnet": ("ResNet 8 blocks x 64 ch, 32x32, batch 256", _resnet, (256, 3, 32, 32)),
+    **{name: (f"transformers {cls} 4 x d128, seq 128, batch 8", functools.partial(_hf, name), (8, 128))
+       for name, (cls, _, _) in _HF.items()},
 }
 
 
@@ -109,6 +140,8 @@ class _Naive:
 def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
     opt.zero_grad(set_to_none=True)
     out = model(x)
+    if not isinstance(out, torch.Tensor):  # a transformers model's output
+        out = out.logits
     loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.expand(out.shape[:-1]).reshape(-1))
     loss.backward()
     opt.step()
@@ -175,6 +208,7 @@ def _sync_check(model: nn.Module, opt, x, y) -> str:
         try:
             opt.zero_grad(set_to_none=True)
             out = model(x)
+            out = out if isinstance(out, torch.Tensor) else out.logits
             F.cross_entropy(out.reshape(-1, out.shape[-1]), y.expand(out.shape[:-1]).reshape(-1)).backward()
         except RuntimeError as e:
             return f"SYNC INSIDE HOOKS: {e}"
@@ -193,6 +227,9 @@ def setup(name: str, device: torch.device = torch.device("cpu")) -> tuple:
     _, factory, shape = MODELS[name]
     torch.manual_seed(0)
     model = factory().to(device)
+    if name in _HF:  # token ids in, the same ids as the targets
+        x = torch.randint(0, _VOCAB, shape, device=device)
+        return model, x, x, torch.optim.SGD(model.parameters(), lr=1e-3)
     x = torch.randn(shape, device=device)
     y = torch.randint(0, 10, shape[:2] if name == "transformer" else (shape[0],), device=device)
     return model, x, y, torch.optim.SGD(model.parameters(), lr=1e-3)

@@ -2,6 +2,9 @@
 activations, ``grad_writer`` for parameters) against the Python hooks they replace: the same
 rows, in the same order, with the same bits; the user's own hooks untouched; stale hooks inert."""
 import copy
+import importlib.util
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +109,61 @@ def test_extension_hooks_give_the_python_hooks_bits(monkeypatch, micro, slab_row
             np.testing.assert_array_equal(sa.hists[k], sb.hists[k])
     backward = dict(zip(a.steps[0].keys, a.steps[0].counts))
     assert backward[("seg.1", "backward")] == micro * 5 * 12 * 16  # measured once per backward, not per recompute
+
+
+def _record_hf(model, batch: dict, hooks: bool, monkeypatch) -> Recorder:
+    """Two recorded training steps of a transformers model (dropout on, reseeded, so both runs
+    drop the same values)."""
+    with monkeypatch.context() as m:
+        if not hooks:
+            m.setattr(StatsAccumulator, "watch_grad", lambda self, key, t, unit_dim=None: False)
+            m.setattr(StatsAccumulator, "add_and_watch", _add_only)
+            m.setattr(StatsAccumulator, "grad_writer", lambda self, key, p: None)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        torch.manual_seed(2)
+        with Recorder(model, every=1) as rec:
+            for _ in range(2):
+                opt.zero_grad()
+                model(**batch, labels=batch["input_ids"]).loss.backward()
+                opt.step()
+                rec.step()
+    return rec
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_extension_hooks_on_transformers_models_give_the_python_hooks_bits(monkeypatch, name):
+    """Real third-party blocks (GPT-2's Conv1D, Llama's RMSNorm, SwiGLU and rotary embedding,
+    outputs as tuples and ModelOutputs), trained in training mode."""
+    pytest.importorskip("transformers")
+    cases = sys.modules.get("initscope_model_cases")
+    if cases is None:  # tests/models/cases.py, loaded as tests/models/test_transformers_models.py loads it
+        spec = importlib.util.spec_from_file_location("initscope_model_cases",
+                                                      Path(__file__).with_name("models") / "cases.py")
+        cases = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(cases)
+    model, batch = cases.build(cases.CASE[name])
+    model.train()  # dropout on (GPT-2's config has it)
+    watched, watch = [], StatsAccumulator.add_and_watch
+    monkeypatch.setattr(StatsAccumulator, "add_and_watch",
+                        lambda self, *a, **kw: watched.append(watch(self, *a, **kw)) or watched[-1])
+    a = _record_hf(copy.deepcopy(model), batch, True, monkeypatch)
+    assert sum(watched) >= 2 * 8  # the extension hooked the outputs' gradients (>= 8 linear layers, 2 steps)
+    b = _record_hf(copy.deepcopy(model), batch, False, monkeypatch)
+    for sa, sb in zip(a.steps, b.steps):
+        assert sa.keys == sb.keys
+        np.testing.assert_array_equal(sa.values, sb.values)
+        np.testing.assert_array_equal(sa.counts, sb.counts)
+        for k in sa.hists:
+            np.testing.assert_array_equal(sa.hists[k], sb.hists[k])
+    keys = set(a.steps[-1].keys)
+    # every linear layer's output gradient recorded (the logits' too), and every parameter's
+    # gradient, a tied one (GPT-2's lm_head is its token embedding) under its first name
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"]
+    assert len(linears) >= 8
+    for n in linears:
+        assert (n, "backward") in keys, n
+    for n, _ in model.named_parameters():
+        assert (n, "grad") in keys, n
 
 
 def test_probe_with_extension_hooks_matches_python_hooks(monkeypatch):
