@@ -55,12 +55,17 @@ def _add_only(self, key, x, grad_key, **kw):
     return False
 
 
+def _python_hooks(m) -> None:
+    """Every gradient through a Python hook and add(), as before the extension's hooks."""
+    m.setattr(StatsAccumulator, "watch_grad", lambda self, key, t, unit_dim=None: False)
+    m.setattr(StatsAccumulator, "add_and_watch", _add_only)
+    m.setattr(StatsAccumulator, "grad_writer", lambda self, key, p: None)
+
+
 def _record(net, hooks: bool, monkeypatch, micro: int = 1, slab_rows: int = 256) -> Recorder:
     with monkeypatch.context() as m:
-        if not hooks:  # every gradient through a Python hook and add(), as before the extension's hooks
-            m.setattr(StatsAccumulator, "watch_grad", lambda self, key, t, unit_dim=None: False)
-            m.setattr(StatsAccumulator, "add_and_watch", _add_only)
-            m.setattr(StatsAccumulator, "grad_writer", lambda self, key, p: None)
+        if not hooks:
+            _python_hooks(m)
         m.setattr(_native.Slab.__init__, "__defaults__", (slab_rows, 4))  # small: the hooks grow it
         opt = torch.optim.SGD(net.parameters(), lr=0.1)
         g = torch.Generator().manual_seed(1)
@@ -127,9 +132,7 @@ def _record_hf(model, batch: dict, hooks: bool, monkeypatch) -> Recorder:
     drop the same values; the loss: the logits' mean square)."""
     with monkeypatch.context() as m:
         if not hooks:
-            m.setattr(StatsAccumulator, "watch_grad", lambda self, key, t, unit_dim=None: False)
-            m.setattr(StatsAccumulator, "add_and_watch", _add_only)
-            m.setattr(StatsAccumulator, "grad_writer", lambda self, key, p: None)
+            _python_hooks(m)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         torch.manual_seed(2)
         with Recorder(model, every=1) as rec:
