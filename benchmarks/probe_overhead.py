@@ -137,13 +137,15 @@ class _Naive:
         self.stats.clear()
 
 
+def _loss(out: object, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the logits (a transformers model's output holds them) against y."""
+    out = out if isinstance(out, torch.Tensor) else out.logits
+    return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.expand(out.shape[:-1]).reshape(-1))
+
+
 def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
     opt.zero_grad(set_to_none=True)
-    out = model(x)
-    if not isinstance(out, torch.Tensor):  # a transformers model's output
-        out = out.logits
-    loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.expand(out.shape[:-1]).reshape(-1))
-    loss.backward()
+    _loss(model(x), y).backward()
     opt.step()
 
 
@@ -207,9 +209,7 @@ def _sync_check(model: nn.Module, opt, x, y) -> str:
         torch.cuda.set_sync_debug_mode("error")
         try:
             opt.zero_grad(set_to_none=True)
-            out = model(x)
-            out = out if isinstance(out, torch.Tensor) else out.logits
-            F.cross_entropy(out.reshape(-1, out.shape[-1]), y.expand(out.shape[:-1]).reshape(-1)).backward()
+            _loss(model(x), y).backward()
         except RuntimeError as e:
             return f"SYNC INSIDE HOOKS: {e}"
         finally:
